@@ -1,0 +1,5 @@
+"""`python -m hyperstudy_bulk` is the `hyperstudy-bulk` command."""
+
+from hyperstudy_bulk.cli import main
+
+raise SystemExit(main())
