@@ -1,0 +1,56 @@
+"""The simulator's settings: one frozen value shared by the library, the CLI and the tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from hyperstudy_bulk.simulator.faults import FaultSpec
+
+RateLimit = Literal["off", "production"] | float
+RateWindow = Literal["fixed", "sliding"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimulatorConfig:
+    """What to simulate.
+
+    records is a scale: the mean number of records per participant per ordinary data type in one
+    room (heavy types such as eyetracking and continuous ratings get several times more).
+    rate_limit "production" applies the documented limits in real time; a float is a time scale
+    (60.0 makes the hour window last 60 s and the minute window 1 s, limits unchanged).
+    """
+
+    seed: int = 0
+    experiments: int = 1
+    rooms: int = 4
+    participants: int = 3
+    records: int = 200
+    latency_ms: float = 0.0
+    jitter_ms: float = 0.0
+    rate_limit: RateLimit = "off"
+    rate_window: RateWindow = "fixed"
+    faults: FaultSpec = field(default_factory=FaultSpec.none)
+    max_page_size: int = 10_000
+    api_key: str | None = None
+    scopes: frozenset[str] = frozenset({"*"})
+    media_bytes: int = 200_000
+    media_url_ttl_s: float = 7 * 24 * 3600
+    cache_mb: int = 256
+    hostile_ids: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("experiments", "rooms", "participants", "max_page_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        for name in ("records", "media_bytes", "cache_mb"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.latency_ms < 0 or self.jitter_ms < 0:
+            raise ValueError("latency_ms and jitter_ms must be >= 0")
+        if self.rate_limit not in ("off", "production") and not (
+            isinstance(self.rate_limit, int | float) and self.rate_limit > 0
+        ):
+            raise ValueError("rate_limit must be 'off', 'production' or a positive time scale")
+        if self.rate_window not in ("fixed", "sliding"):
+            raise ValueError("rate_window must be 'fixed' or 'sliding'")
