@@ -418,7 +418,7 @@ class Dispatcher:
     def __init__(self, sim: Simulator) -> None:
         self.sim = sim
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         raw = request.raw_path.partition("?")[0]
         if raw.startswith("/media/"):
             return await self.media(request, _segments(raw, "/media/"))
@@ -570,5 +570,5 @@ def build_app(sim: Simulator) -> web.Application:
     app.router.add_get("/_sim/stats", stats)
     app.router.add_post("/_sim/reset", reset)
     app.router.add_post("/_sim/faults", faults)
-    app.router.add_get("/{tail:.*}", Dispatcher(sim))
+    app.router.add_get("/{tail:.*}", Dispatcher(sim).handle)
     return app
