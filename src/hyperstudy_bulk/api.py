@@ -1,0 +1,115 @@
+"""The library's front door: `Downloader` for async programs, `download()` for scripts.
+
+async with Downloader(settings) as downloader:      # inside any running event loop
+    manifest = await downloader.archive("exp-id")
+
+manifests = download(["exp-id"], out="archive", concurrency=8)   # blocking; notebooks too
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Awaitable, Callable, Iterable
+from types import TracebackType
+from typing import Self, TypeVar
+
+from hyperstudy_bulk.budget import Budget
+from hyperstudy_bulk.client import ApiClient
+from hyperstudy_bulk.config import Settings, load_settings
+from hyperstudy_bulk.errors import ConfigError
+from hyperstudy_bulk.manifest import Manifest
+from hyperstudy_bulk.progress import Monitor
+from hyperstudy_bulk.retry import RetryPolicy
+from hyperstudy_bulk.runner import archive_experiment
+
+T = TypeVar("T")
+
+
+def open_client(settings: Settings, *, log: Callable[[str], None] = lambda m: None) -> ApiClient:
+    """An ApiClient configured from settings (enter it with `async with`)."""
+    if not settings.api_key:
+        raise ConfigError(
+            "no API key: set HYPERSTUDY_API_KEY in the environment or in a .env file "
+            "(or pass --api-key)"
+        )
+    return ApiClient(
+        base_url=settings.base_url,
+        api_key=settings.api_key,
+        budget=Budget(
+            per_hour=settings.rate_limit_per_hour,
+            per_minute_per_endpoint=settings.rate_limit_per_minute_per_endpoint,
+            time_scale=settings.rate_limit_time_scale,
+        ),
+        retry=RetryPolicy(
+            max_attempts=settings.max_attempts, max_seconds=settings.max_retry_seconds
+        ),
+        concurrency=settings.concurrency,
+        timeout=settings.timeout,
+        connect_timeout=settings.connect_timeout,
+        log=log,
+    )
+
+
+class Downloader:
+    """One HTTP session and one request budget, shared by every experiment it archives."""
+
+    def __init__(self, settings: Settings, *, log: Callable[[str], None] = lambda m: None) -> None:
+        self.settings = settings
+        self.api = open_client(settings, log=log)
+
+    async def __aenter__(self) -> Self:
+        await self.api.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.api.__aexit__(exc_type, exc, traceback)
+
+    def monitor(self) -> Monitor:
+        """A fresh Monitor wired to this downloader's request counters."""
+        return Monitor(
+            rate_limited=lambda: self.api.budget.counters.rate_limited,
+            retries=lambda: sum(self.api.stats.retries.values()),
+        )
+
+    async def archive(self, experiment_id: str, *, monitor: Monitor | None = None) -> Manifest:
+        """Archive one experiment; see `runner.archive_experiment` for what is raised."""
+        return await archive_experiment(
+            self.api, self.settings, experiment_id, monitor=monitor or self.monitor()
+        )
+
+
+def download(experiment_ids: str | Iterable[str], **options: object) -> list[Manifest]:
+    """Archive experiments and block until done; options are the config keys (out=,
+    concurrency=, api_key=, ...) over the environment, .env and defaults.
+
+    Works from plain scripts and from notebooks whose event loop is already running.
+    """
+    ids = [experiment_ids] if isinstance(experiment_ids, str) else list(experiment_ids)
+    settings = load_settings(options)
+
+    async def run() -> list[Manifest]:
+        async with Downloader(settings) as downloader:
+            return [await downloader.archive(experiment_id) for experiment_id in ids]
+
+    return run_blocking(run)
+
+
+def run_blocking(make: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine to completion from synchronous code, even where this thread already
+    runs an event loop (Jupyter): then it runs on a fresh loop in a worker thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(_awaited(make))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, _awaited(make)).result()
+
+
+async def _awaited(make: Callable[[], Awaitable[T]]) -> T:
+    return await make()

@@ -1,0 +1,146 @@
+"""The request budget all workers share: the key's hourly limit, each endpoint's per-minute
+limit, and the pause a 429's Retry-After (or an exhausted X-RateLimit-Remaining) imposes.
+
+Why not a token bucket such as aiolimiter's `AsyncLimiter(1000, 3600)`: a bucket lets its
+capacity through at once and then refills continuously, so in the hour after a burst it admits
+up to twice the limit, and a server counting in sliding windows answers 429. Shrinking the
+burst to stay safe makes a small job trickle at the hourly average. A sliding window gives both:
+up to `limit` requests at once, and never more than `limit` in any window of `period` seconds.
+
+Each request holds one permit of each window it belongs to; the permit is returned `period`
+seconds after the response ended, not after it was sent. The server counted the request at
+some moment before the response ended, so the next request using that permit arrives at least
+`period` after it: safe whether the server's windows are fixed or sliding, and whatever the
+latency. Times are the event loop's clock (seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+
+class SlidingWindow:
+    """At most `limit` requests in any `period` seconds (permits return `period` after use)."""
+
+    def __init__(self, limit: int, period: float) -> None:
+        self.limit = limit
+        self.period = period
+        self._permits = asyncio.Semaphore(limit)
+
+    async def acquire(self) -> None:
+        await self._permits.acquire()
+
+    def release_later(self) -> None:
+        asyncio.get_running_loop().call_later(self.period, self._permits.release)
+
+    def release_now(self) -> None:
+        """Return a permit the request never used (it was cancelled before being sent)."""
+        self._permits.release()
+
+
+class PauseGate:
+    """Closed until a moment on the loop clock; every worker waits at it before sending."""
+
+    def __init__(self) -> None:
+        self._until = 0.0
+
+    def close_for(self, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._until = max(self._until, loop.time() + max(0.0, seconds))
+
+    @property
+    def remaining(self) -> float:
+        return max(0.0, self._until - asyncio.get_running_loop().time())
+
+    async def wait(self) -> None:
+        # A loop, not an Event: another 429 may push the deadline further while we sleep.
+        while (delay := self.remaining) > 0:  # noqa: ASYNC110
+            await asyncio.sleep(delay)
+
+
+@dataclass
+class BudgetCounters:
+    sent: int = 0
+    rate_limited: int = 0
+    paused_seconds: float = 0.0
+
+
+class Budget:
+    """Admits a request when the hourly key window, the endpoint's minute window and the pause
+    gate all allow it. `time_scale` divides both periods (for a simulator on a fast clock)."""
+
+    HOUR = 3600.0
+    MINUTE = 60.0
+
+    def __init__(
+        self,
+        *,
+        per_hour: int,
+        per_minute_per_endpoint: int,
+        time_scale: float = 1.0,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._key = SlidingWindow(per_hour, self.HOUR / time_scale)
+        self._per_endpoint = per_minute_per_endpoint
+        self._minute = self.MINUTE / time_scale
+        self._endpoints: dict[str, SlidingWindow] = {}
+        self._gate = PauseGate()
+        self._wall_clock = wall_clock
+        self._in_flight = 0
+        self.counters = BudgetCounters()
+
+    def _window(self, endpoint: str) -> SlidingWindow:
+        window = self._endpoints.get(endpoint)
+        if window is None:
+            window = self._endpoints[endpoint] = SlidingWindow(self._per_endpoint, self._minute)
+        return window
+
+    @asynccontextmanager
+    async def slot(self, endpoint: str) -> AsyncIterator[None]:
+        """Wait until one request to `endpoint` may be sent; hold its permits while it runs."""
+        window = self._window(endpoint)
+        await self._gate.wait()
+        await window.acquire()
+        try:
+            await self._key.acquire()
+        except BaseException:
+            window.release_now()
+            raise
+        try:
+            await self._gate.wait()
+        except BaseException:
+            window.release_now()
+            self._key.release_now()
+            raise
+        self._in_flight += 1
+        self.counters.sent += 1
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            window.release_later()
+            self._key.release_later()
+
+    def rate_limited(self, retry_after: float) -> None:
+        """A 429 arrived: nobody sends again until `retry_after` seconds have passed."""
+        self.counters.rate_limited += 1
+        self.pause(retry_after)
+
+    def pause(self, seconds: float) -> None:
+        before = self._gate.remaining
+        self._gate.close_for(seconds)
+        self.counters.paused_seconds += max(0.0, self._gate.remaining - before)
+
+    def observe(self, remaining: int | None, reset: float | None) -> None:
+        """Obey X-RateLimit-Remaining/Reset: when the server says no more requests than those
+        already in flight fit before the reset, pause until the reset. `reset` is unix seconds
+        (a small number is read as seconds from now)."""
+        if remaining is None or reset is None or remaining > self._in_flight:
+            return
+        seconds = reset if reset < 1e9 else reset - self._wall_clock()
+        if 0 < seconds <= self.HOUR:
+            self.pause(seconds)

@@ -1,0 +1,228 @@
+"""`hyperstudy-bulk`: argv -> Settings -> runner; exit codes; one-line messages.
+
+Exit codes: 0 archive complete; 1 finished but incomplete; 2 usage, configuration or input
+error (including an unknown experiment); 3 authentication or permission refused (401/403);
+130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from rich.console import Console
+from rich.table import Table
+
+from hyperstudy_bulk import __version__
+from hyperstudy_bulk.api import Downloader
+from hyperstudy_bulk.config import OPTIONS, Settings, load_settings
+from hyperstudy_bulk.errors import AuthError, ConfigError, HyperStudyBulkError
+from hyperstudy_bulk.manifest import MANIFEST_NAME, Manifest
+from hyperstudy_bulk.progress import Monitor, make_renderer, summary_table
+from hyperstudy_bulk.runner import ExperimentNotFound
+from hyperstudy_bulk.sinks import safe_name
+from hyperstudy_bulk.survey import survey_experiment
+
+EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+_FLAGS = {"quiet", "verbose", "allow_insecure_http"}
+_ID_MAX = 512
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line (and exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_options(parser: argparse.ArgumentParser, *, skip: frozenset[str] = frozenset()) -> None:
+    parser.add_argument("--config", type=Path, help="TOML config file (see config.example.toml)")
+    for option in OPTIONS:
+        if option.name in skip:
+            continue
+        if option.name in _FLAGS:
+            parser.add_argument(
+                option.flag, dest=option.name, action="store_const", const="true", help=option.help
+            )
+        else:
+            parser.add_argument(option.flag, dest=option.name, metavar="VALUE", help=option.help)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="hyperstudy-bulk",
+        description="Archive whole HyperStudy experiments: every record of every data type.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    download = commands.add_parser("download", help="archive experiments into --out")
+    download.add_argument("experiment_ids", nargs="+", metavar="EXPERIMENT_ID")
+    _add_options(download)
+    plan = commands.add_parser("plan", help="show what download would fetch, without fetching")
+    plan.add_argument("experiment_ids", nargs="+", metavar="EXPERIMENT_ID")
+    _add_options(plan, skip=frozenset({"out", "part_max_mb"}))
+    demo = commands.add_parser("demo", help="archive a demo experiment from the built-in simulator")
+    demo.add_argument("--out", default="hyperstudy-demo", help="folder for the demo archive")
+    demo.add_argument("--progress", default=None, help="auto, bar, log or none")
+    commands.add_parser(
+        "simulate", help="run the API simulator (see simulate --help)", add_help=False
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["simulate"]:
+        from hyperstudy_bulk.simulator.cli import main as simulate
+
+        return simulate(args_list[1:])
+    args = build_parser().parse_args(args_list)
+    try:
+        if args.command == "demo":
+            return asyncio.run(_demo(Path(args.out), args.progress))
+        settings = load_settings(
+            {o.name: getattr(args, o.name, None) for o in OPTIONS}, config_file=args.config
+        )
+        ids = [_check_id(experiment_id) for experiment_id in args.experiment_ids]
+        if args.command == "plan":
+            return asyncio.run(_plan(settings, ids))
+        return asyncio.run(download_command(settings, ids))
+    except KeyboardInterrupt:
+        _say("interrupted; run the same command again to finish the archive")
+        return EXIT_INTERRUPTED
+    except ConfigError as error:
+        _say(str(error))
+        return EXIT_USAGE
+
+
+async def _demo(out: Path, progress: str | None) -> int:
+    """Start the simulator in this process, archive its experiment, show what was archived."""
+    from hyperstudy_bulk.simulator import SimulatorConfig, serve
+
+    demo = SimulatorConfig(seed=2026, rooms=8, participants=3, records=400, latency_ms=20.0)
+    async with serve(demo) as sim:
+        settings = load_settings(
+            {
+                "api_key": sim.api_key,
+                "base_url": sim.base_url,
+                "out": str(out),
+                "progress": progress,
+            },
+            environ={},
+            cwd=out.parent if out.parent.exists() else Path.cwd(),
+        )
+        print(
+            f"Simulated HyperStudy API at {sim.base_url}: archiving experiment "
+            f"{sim.experiment_ids[0]} into {out}/"
+        )
+        return await download_command(settings, sim.experiment_ids[:1])
+
+
+def _check_id(experiment_id: str) -> str:
+    if not experiment_id.strip() or len(experiment_id) > _ID_MAX:
+        raise ConfigError(f"experiment id {experiment_id!r} is empty or too long")
+    if any(ch in experiment_id for ch in "/\\") or not experiment_id.isprintable():
+        raise ConfigError(
+            f"experiment id {experiment_id!r} contains '/', '\\' or control characters; "
+            "copy the id from the HyperStudy dashboard"
+        )
+    return experiment_id
+
+
+def _say(message: str) -> None:
+    sys.stderr.write(f"hyperstudy-bulk: {message}\n")
+
+
+async def download_command(settings: Settings, experiment_ids: Sequence[str]) -> int:
+    """Archive each experiment in turn; the exit code is the worst outcome."""
+    log = _say if settings.verbose else (lambda message: None)
+    worst = EXIT_OK
+    out = Console(quiet=settings.quiet)
+    async with Downloader(settings, log=log) as downloader:
+        for experiment_id in experiment_ids:
+            monitor = downloader.monitor()
+            code = await _archive_one(downloader, experiment_id, monitor, out)
+            worst = max(worst, code)
+            if code == EXIT_AUTH and worst == EXIT_AUTH:
+                break
+    return worst
+
+
+async def _archive_one(
+    downloader: Downloader, experiment_id: str, monitor: Monitor, out: Console
+) -> int:
+    settings = downloader.settings
+    renderer = make_renderer(settings.progress, monitor, quiet=settings.quiet)
+    await renderer.start()
+    try:
+        manifest = await downloader.archive(experiment_id, monitor=monitor)
+    except ExperimentNotFound as error:
+        _say(str(error))
+        return EXIT_USAGE
+    except AuthError as error:
+        _say(f"{error}: the API key was refused; check HYPERSTUDY_API_KEY (and its expiry)")
+        return EXIT_AUTH
+    except HyperStudyBulkError as error:
+        _say(f"{experiment_id}: {error}")
+        return EXIT_INCOMPLETE
+    finally:
+        await renderer.stop()
+    out.print(summary_table(monitor))
+    return _report(manifest, settings.out / safe_name(experiment_id))
+
+
+def _report(manifest: Manifest, folder: Path) -> int:
+    """The closing line: where the archive is, or which streams are missing and why."""
+    if manifest.complete:
+        records = sum(stream.records for stream in manifest.streams)
+        print(f"archive complete: {records:,} records in {folder} (see {MANIFEST_NAME})")
+        return EXIT_OK
+    broken = manifest.incomplete_streams
+    refused = [s for s in broken if s.error and ("HTTP 403" in s.error or "HTTP 401" in s.error)]
+    listed = "; ".join(f"{s.key}: {s.error}" for s in broken[:5])
+    more = f" and {len(broken) - 5} more" if len(broken) > 5 else ""
+    _say(
+        f"archive INCOMPLETE: {len(broken)} stream(s) missing: {listed}{more}. "
+        f"Details in {folder / MANIFEST_NAME}; run the same command again to retry them."
+    )
+    return EXIT_AUTH if refused else EXIT_INCOMPLETE
+
+
+async def _plan(settings: Settings, experiment_ids: Sequence[str]) -> int:
+    async with Downloader(settings) as downloader:
+        for experiment_id in experiment_ids:
+            try:
+                survey = await survey_experiment(downloader.api, settings, experiment_id)
+            except ExperimentNotFound as error:
+                _say(str(error))
+                return EXIT_USAGE
+            except AuthError as error:
+                _say(f"{error}: the API key was refused; check HYPERSTUDY_API_KEY")
+                return EXIT_AUTH
+            table = Table(
+                title=f"Plan for {experiment_id}: {survey.rooms} rooms, "
+                f"granularity {survey.granularity}"
+            )
+            for column in ("data type", "records", "streams", "requests (at least)"):
+                table.add_column(column, justify="left" if column == "data type" else "right")
+            for data_type, requests in survey.requests_by_type.items():
+                streams = sum(1 for s in survey.streams if s.data_type is data_type)
+                table.add_row(
+                    data_type.folder,
+                    f"{survey.totals.get(data_type, 0):,}",
+                    str(streams),
+                    f"{requests:,}",
+                )
+            Console().print(table)
+            total = sum(survey.requests_by_type.values())
+            print(
+                f"{total:,} requests; the rate budget ({settings.rate_limit_per_hour}/hour, "
+                f"{settings.rate_limit_per_minute_per_endpoint}/minute per endpoint) needs at "
+                f"least {survey.seconds / 60:.1f} minutes plus network time. "
+                f"Surveying used {survey.survey_requests} requests."
+            )
+    return EXIT_OK

@@ -1,0 +1,211 @@
+"""The only module that speaks HTTP to the API: one aiohttp session per run, every request
+through the shared budget and the retry policy, every body through `envelope`.
+
+The API key is sent as X-API-Key on requests to the configured base URL only: it is not a
+session default header, redirects are not followed, and server-supplied messages are redacted
+before they become exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self, TypeVar
+from urllib.parse import quote
+
+import aiohttp
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+from hyperstudy_bulk import __version__
+from hyperstudy_bulk.budget import Budget
+from hyperstudy_bulk.config import ApiKey
+from hyperstudy_bulk.envelope import Page, decode_error, decode_object, decode_page
+from hyperstudy_bulk.errors import ApiError, TransportError
+from hyperstudy_bulk.retry import RetryPolicy, call_with_retries
+
+T = TypeVar("T")
+
+
+@dataclass
+class RequestStats:
+    """What the run's requests did: counts by status, retries by cause, bytes received."""
+
+    requests: int = 0
+    by_status: Counter[int] = field(default_factory=Counter)
+    retries: Counter[str] = field(default_factory=Counter)
+    bytes_received: int = 0
+
+
+def path_of(*segments: str) -> str:
+    """A URL path from segments; untrusted ids are percent-encoded, '/' included."""
+    return "/".join(quote(segment, safe="") for segment in segments)
+
+
+class ApiClient:
+    """`async with ApiClient(...) as api:` then `await api.get_page(...)`.
+
+    Usable inside any running event loop; holds no global state. Cancelling a call cancels its
+    HTTP request and returns its budget permits.
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: ApiKey,
+        budget: Budget,
+        retry: RetryPolicy,
+        concurrency: int,
+        timeout: float,
+        connect_timeout: float,
+        log: Callable[[str], None] = lambda message: None,
+    ) -> None:
+        self._base = base_url.rstrip("/")
+        self._key = api_key
+        self.budget = budget
+        self._retry = retry
+        self._concurrency = asyncio.Semaphore(concurrency)
+        self._pool_size = concurrency
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=connect_timeout, sock_connect=connect_timeout, sock_read=timeout
+        )
+        self._log = log
+        self._session: aiohttp.ClientSession | None = None
+        self.stats = RequestStats()
+
+    async def __aenter__(self) -> Self:
+        connector = aiohttp.TCPConnector(limit=self._pool_size, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=self._timeout,
+            headers={"Accept": "application/json", "User-Agent": f"hyperstudy-bulk/{__version__}"},
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def get_page(
+        self,
+        endpoint: str,
+        segments: Sequence[str],
+        params: Mapping[str, str | int],
+        *,
+        offset: int,
+        limit: int,
+    ) -> Page:
+        """One page of a paginated data route at `offset`, retried as the policy allows."""
+        query = {**params, "offset": offset, "limit": limit}
+        return await self._get(
+            endpoint,
+            segments,
+            query,
+            lambda body: decode_page(body, requested_offset=offset, requested_limit=limit),
+        )
+
+    async def get_object(self, endpoint: str, segments: Sequence[str]) -> dict[str, Any]:
+        """The `data` object of a single-object route."""
+        return await self._get(endpoint, segments, {}, decode_object)
+
+    async def _get(
+        self,
+        endpoint: str,
+        segments: Sequence[str],
+        query: Mapping[str, str | int],
+        decode: Callable[[bytes], T],
+    ) -> T:
+        url = URL(f"{self._base}/{path_of(*segments)}", encoded=True).with_query(
+            {k: str(v) for k, v in query.items()}
+        )
+
+        async def attempt() -> T:
+            async with self._concurrency, self.budget.slot(endpoint):
+                status, headers, body = await self._fetch(url)
+            self._observe_limits(headers)
+            if 200 <= status < 300:
+                return decode(body)
+            raise self._error(status, headers, body)
+
+        return await call_with_retries(attempt, self._retry, on_retry=self._on_retry)
+
+    async def _fetch(self, url: URL) -> tuple[int, CIMultiDictProxy[str], bytes]:
+        assert self._session is not None, "use `async with ApiClient(...)`"
+        started = time.monotonic()
+        self.stats.requests += 1
+        try:
+            async with self._session.get(
+                url, headers={"X-API-Key": self._key.reveal()}, allow_redirects=False
+            ) as response:
+                body = await response.read()
+        except TimeoutError:
+            raise TransportError(
+                f"no response within the timeout ({time.monotonic() - started:.0f} s)",
+                cause="timeout",
+            ) from None
+        except aiohttp.ClientPayloadError as error:
+            raise TransportError(f"response body cut short ({error})", cause="truncated") from None
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as error:
+            raise TransportError(f"connection reset ({error})", cause="reset") from None
+        except aiohttp.ClientConnectionError as error:
+            raise TransportError(f"cannot connect ({error})", cause="connection") from None
+        self.stats.by_status[response.status] += 1
+        self.stats.bytes_received += len(body)
+        return response.status, response.headers, body
+
+    def _error(self, status: int, headers: Mapping[str, str], body: bytes) -> ApiError:
+        retry_after = _retry_after(headers.get("Retry-After"))
+        error = decode_error(status, body, retry_after=retry_after)
+        error.args = (self._key.redact(str(error)),)
+        if status == 429:
+            self.budget.rate_limited(
+                retry_after if retry_after is not None else self._retry.rate_limited_wait
+            )
+        return error
+
+    def _observe_limits(self, headers: Mapping[str, str]) -> None:
+        remaining = _seconds(headers.get("X-RateLimit-Remaining"))
+        reset = _seconds(headers.get("X-RateLimit-Reset"))
+        self.budget.observe(None if remaining is None else int(remaining), reset)
+
+    def _on_retry(self, cause: str, wait: float) -> None:
+        self.stats.retries[cause] += 1
+        self._log(f"retrying after {cause} in {wait:.1f} s")
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds from now: delay-seconds (fractions accepted) or an HTTP-date."""
+    seconds = _seconds(value)
+    if seconds is not None or value is None:
+        return seconds
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment.timestamp() - time.time())
+
+
+def _seconds(value: str | None) -> float | None:
+    """A non-negative number from a header, or None when absent or unreadable."""
+    if value is None:
+        return None
+    try:
+        number = float(value.strip())
+    except ValueError:
+        return None
+    return number if number >= 0 and number == number else None
+
+
+__all__ = ["ApiClient", "RequestStats", "path_of"]

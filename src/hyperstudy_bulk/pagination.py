@@ -1,0 +1,66 @@
+"""Offset arithmetic for pipelined paging. Pure: no I/O, no clock.
+
+The server's metadata is the truth: a page at `offset` covers the offsets up to its
+`nextOffset` (or to its end when it is the last), `total` bounds the stream, and the effective
+`limit` it reported is the stride for guessing where later pages start. Guesses let a stream
+fetch several pages at once; a guess the server contradicts (a short page) is repaired by asking
+for exactly the gap, so no record is fetched twice and no request is wasted unless the server
+skips ahead of a guess.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from hyperstudy_bulk.errors import ContractError
+
+
+@dataclass(frozen=True)
+class Request:
+    offset: int
+    limit: int
+
+
+def next_requests(
+    *, frontier: int, total: int, stride: int, in_flight: Mapping[int, int], room: int
+) -> list[Request]:
+    """Requests to add so that up to `room` more pages are in flight, earliest offsets first.
+
+    `frontier` is the first offset not yet written, `in_flight` maps the offsets already asked
+    for to their limits. New requests start at the frontier or where an in-flight one ends, and
+    never overlap an in-flight one: a request is cut short to end where the next begins.
+    """
+    if stride < 1:
+        raise ValueError("stride must be >= 1")
+    starts = sorted(in_flight)
+    added: list[Request] = []
+    cursor = frontier
+    while len(added) < room and cursor < total:
+        if cursor in in_flight:
+            cursor += in_flight[cursor]
+            continue
+        following = bisect.bisect_right(starts, cursor)
+        limit = stride
+        if following < len(starts):
+            limit = min(stride, starts[following] - cursor)
+        added.append(Request(cursor, limit))
+        cursor += limit
+    return added
+
+
+def check_progress(*, offset: int, end: int, total: int, has_more: bool) -> None:
+    """Raise ContractError for a page that would make the stream loop or run on forever."""
+    if has_more and end <= offset:
+        raise ContractError(f"nextOffset {end} does not move past offset {offset}")
+    if has_more and end >= total:
+        raise ContractError(
+            f"server says more pages follow offset {offset} but nextOffset {end} "
+            f"is not below its total {total}"
+        )
+
+
+def pages_needed(total: int, limit: int) -> int:
+    """Requests a stream of `total` records needs at `limit` per page (an empty one needs 1)."""
+    return max(1, -(-total // max(1, limit)))

@@ -1,0 +1,203 @@
+"""Progress: the runner updates a `Monitor`; a renderer shows it.
+
+On a terminal a live bar per data type (records, requests, 429s, ETA); off a terminal (batch
+jobs, CI logs) one plain line every few seconds with the same figures; nothing with `none`.
+Renderers poll the monitor on a timer, so a page costs a few integer additions, not a redraw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from hyperstudy_bulk.config import ProgressMode
+
+
+@dataclass
+class TypeProgress:
+    """One data type's figures, summed over its streams."""
+
+    streams: int = 0
+    streams_done: int = 0
+    records: int = 0
+    expected: int = 0
+    """Sum of the server's totals of the streams that have reported one."""
+    requests: int = 0
+    bytes: int = 0
+    incomplete: int = 0
+
+
+@dataclass
+class Monitor:
+    """Live figures of a run. `rate_limited` and `retries` read the client's counters."""
+
+    experiment_id: str = ""
+    types: dict[str, TypeProgress] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+    rate_limited: Callable[[], int] = lambda: 0
+    retries: Callable[[], int] = lambda: 0
+
+    def of(self, data_type: str) -> TypeProgress:
+        return self.types.setdefault(data_type, TypeProgress())
+
+    @property
+    def records(self) -> int:
+        return sum(t.records for t in self.types.values())
+
+    @property
+    def expected(self) -> int:
+        return sum(t.expected for t in self.types.values())
+
+    @property
+    def requests(self) -> int:
+        return sum(t.requests for t in self.types.values())
+
+    def eta_seconds(self) -> float | None:
+        elapsed = time.monotonic() - self.started
+        if self.records == 0 or elapsed <= 0 or self.expected <= self.records:
+            return None
+        return (self.expected - self.records) / (self.records / elapsed)
+
+
+class Renderer:
+    """Shows a monitor until `stop()`; the base class shows nothing."""
+
+    def __init__(self, monitor: Monitor) -> None:
+        self.monitor = monitor
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        self.final()
+
+    def final(self) -> None:
+        return None
+
+
+class LogRenderer(Renderer):
+    """A plain line every `interval` seconds on `stream`: for batch jobs and CI logs."""
+
+    def __init__(self, monitor: Monitor, stream: TextIO, interval: float = 5.0) -> None:
+        super().__init__(monitor)
+        self._stream = stream
+        self._interval = interval
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            self._stream.write(self.line() + "\n")
+            self._stream.flush()
+
+    def line(self) -> str:
+        m = self.monitor
+        elapsed = time.monotonic() - m.started
+        eta = m.eta_seconds()
+        done = sum(t.streams_done for t in m.types.values())
+        streams = sum(t.streams for t in m.types.values())
+        return (
+            f"[{m.experiment_id} {elapsed:6.0f}s] {m.records:,}/{m.expected:,} records, "
+            f"{done}/{streams} streams, {m.requests:,} requests, {m.rate_limited()} x 429, "
+            f"{m.retries()} retries, ETA {_duration(eta)}"
+        )
+
+    def final(self) -> None:
+        self._stream.write(self.line() + "\n")
+        self._stream.flush()
+
+
+class BarRenderer(Renderer):
+    """A live rich progress bar per data type on a terminal."""
+
+    def __init__(self, monitor: Monitor, console: Console) -> None:
+        super().__init__(monitor)
+        self._progress = Progress(
+            TextColumn("{task.description:<20}"),
+            BarColumn(),
+            TextColumn("{task.completed:>12,.0f}/{task.total:<12,.0f} records"),
+            TextColumn("{task.fields[requests]:>7,} req"),
+            TextColumn("{task.fields[limited]:>4} x429"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self._tasks: dict[str, TaskID] = {}
+
+    async def _run(self) -> None:
+        with self._progress:
+            while True:
+                self._refresh()
+                await asyncio.sleep(0.2)
+
+    def _refresh(self) -> None:
+        for name, figures in self.monitor.types.items():
+            if name not in self._tasks:
+                self._tasks[name] = self._progress.add_task(name, total=None, requests=0, limited=0)
+            self._progress.update(
+                self._tasks[name],
+                completed=figures.records,
+                total=max(figures.expected, figures.records) or None,
+                requests=figures.requests,
+                limited=self.monitor.rate_limited(),
+            )
+
+    def final(self) -> None:
+        self._refresh()
+
+
+def make_renderer(mode: ProgressMode, monitor: Monitor, *, quiet: bool) -> Renderer:
+    """The renderer for `mode` (auto: a bar when stderr is a terminal, else log lines)."""
+    if quiet or mode is ProgressMode.NONE:
+        return Renderer(monitor)
+    if mode is ProgressMode.BAR or (mode is ProgressMode.AUTO and sys.stderr.isatty()):
+        return BarRenderer(monitor, Console(stderr=True))
+    return LogRenderer(monitor, sys.stderr)
+
+
+def summary_table(monitor: Monitor) -> Table:
+    """The final table: per data type, streams, records, requests, size and state."""
+    table = Table(title=f"Archived experiment {monitor.experiment_id}")
+    for column, justify in (
+        ("data type", "left"),
+        ("streams", "right"),
+        ("records", "right"),
+        ("requests", "right"),
+        ("MB", "right"),
+        ("state", "left"),
+    ):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for name, t in monitor.types.items():
+        state = "complete" if t.incomplete == 0 and t.streams_done == t.streams else "INCOMPLETE"
+        table.add_row(
+            name,
+            str(t.streams),
+            f"{t.records:,}",
+            f"{t.requests:,}",
+            f"{t.bytes / 1e6:.2f}",
+            state,
+        )
+    return table
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

@@ -1,0 +1,113 @@
+"""`hyperstudy-bulk plan`: what a download would fetch and how long the budget makes it take,
+learned with a few cheap requests (the room list and one 1-record page per data type) and
+without writing anything."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hyperstudy_bulk.client import ApiClient
+from hyperstudy_bulk.config import Granularity, Settings
+from hyperstudy_bulk.datatypes import PARTICIPANTS, ROOMS, DataType
+from hyperstudy_bulk.errors import ApiError
+from hyperstudy_bulk.pager import Chunk, StreamProgress, fetch_stream
+from hyperstudy_bulk.plan import (
+    RequestBudget,
+    Room,
+    StreamSpec,
+    choose_granularity,
+    estimate_seconds,
+    estimate_type_requests,
+    plan_streams,
+)
+from hyperstudy_bulk.runner import ROOMS_LISTING_CAP, ExperimentNotFound
+
+
+@dataclass(frozen=True)
+class Survey:
+    experiment_id: str
+    rooms: int
+    rooms_complete: bool
+    totals: dict[DataType, int]
+    granularity: Granularity
+    streams: list[StreamSpec]
+    requests_by_type: dict[DataType, int]
+    seconds: float
+    survey_requests: int
+
+
+async def _ids(api: ApiClient, spec: StreamSpec, settings: Settings) -> tuple[list[str], int]:
+    ids: list[str] = []
+    progress = StreamProgress()
+
+    def collect(chunk: Chunk) -> None:
+        ids.extend(str(i) for i in chunk.ids if i is not None)
+
+    await fetch_stream(
+        api,
+        spec,
+        spec.params(end_time=None),
+        page_size=settings.page_size,
+        lookahead=settings.concurrency,
+        on_chunk=collect,
+        progress=progress,
+    )
+    return ids, progress.total or 0
+
+
+async def survey_experiment(api: ApiClient, settings: Settings, experiment_id: str) -> Survey:
+    """Discover and count, then plan. Raises ExperimentNotFound for an unknown id."""
+    before = api.stats.requests
+    rooms_spec = plan_streams(experiment_id, [ROOMS], Granularity.EXPERIMENT, [])[0]
+    try:
+        room_ids, room_total = await _ids(api, rooms_spec, settings)
+    except ApiError as error:
+        if error.status == 404:
+            raise ExperimentNotFound(
+                f"experiment {experiment_id!r} was not found (HTTP 404): check the id"
+            ) from None
+        raise
+    rooms = [Room(room_id) for room_id in dict.fromkeys(room_ids)]
+    rooms_complete = room_total < ROOMS_LISTING_CAP and len(room_ids) == room_total
+    totals: dict[DataType, int] = {ROOMS: room_total}
+    for data_type in settings.data_types:
+        if data_type is ROOMS:
+            continue
+        spec = plan_streams(experiment_id, [data_type], Granularity.EXPERIMENT, [])[0]
+        page = await api.get_page(spec.endpoint, spec.segments, {}, offset=0, limit=1)
+        totals[data_type] = page.total
+    granularity = choose_granularity(
+        settings.granularity,
+        settings.data_types,
+        rooms,
+        totals=totals,
+        page_size=settings.page_size,
+        rooms_complete=rooms_complete,
+    )
+    if granularity is Granularity.PARTICIPANT:
+        rooms = [
+            Room(spec.scope_id, tuple((await _ids(api, spec, settings))[0]))
+            for spec in plan_streams(experiment_id, [PARTICIPANTS], Granularity.ROOM, rooms)
+        ]
+    requests = {
+        data_type: estimate_type_requests(
+            granularity, data_type, rooms, total=totals.get(data_type), page_size=settings.page_size
+        )
+        for data_type in settings.data_types
+    }
+    budget = RequestBudget(
+        settings.rate_limit_per_hour,
+        settings.rate_limit_per_minute_per_endpoint,
+        settings.rate_limit_time_scale,
+    )
+    return Survey(
+        experiment_id=experiment_id,
+        rooms=len(rooms),
+        rooms_complete=rooms_complete,
+        totals=totals,
+        granularity=granularity,
+        streams=plan_streams(experiment_id, settings.data_types, granularity, rooms),
+        requests_by_type=requests,
+        seconds=estimate_seconds({f"data/{dt.path}": n for dt, n in requests.items()}, budget),
+        survey_requests=api.stats.requests - before,
+    )
