@@ -570,5 +570,6 @@ def build_app(sim: Simulator) -> web.Application:
     app.router.add_get("/_sim/stats", stats)
     app.router.add_post("/_sim/reset", reset)
     app.router.add_post("/_sim/faults", faults)
-    app.router.add_get("/{tail:.*}", Dispatcher(sim).handle)
+    # [\s\S]* rather than .*: decoded ids may contain newlines.
+    app.router.add_get(r"/{tail:[\s\S]*}", Dispatcher(sim).handle)
     return app
