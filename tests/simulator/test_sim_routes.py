@@ -78,9 +78,11 @@ async def test_envelope_and_pagination_block(
     assert set(body) == {"status", "data", "metadata"}
     assert body["status"] == "success"
     meta = body["metadata"]
-    assert meta["query"]["limit"] == 10 and meta["query"]["offset"] == 20
+    assert meta["query"]["limit"] == 10
+    assert meta["query"]["offset"] == 20
     assert meta["query"]["startTime"] == "2020-01-01T00:00:00Z"
-    assert meta["query"]["endTime"] is None and meta["query"]["category"] is None
+    assert meta["query"]["endTime"] is None
+    assert meta["query"]["category"] is None
     assert meta["pagination"] == {
         "total": total,
         "returned": 10,
@@ -171,7 +173,8 @@ async def test_participant_scope_requires_its_room(
     assert body["error"]["code"] == "INVALID_PARAMETER"
     assert body["error"]["details"]["parameter"] == "roomId"
     status, body = await get_json(http, url, roomId=rooms[1]["id"])
-    assert status == 404 and body["error"]["code"] == "NOT_FOUND"
+    assert status == 404
+    assert body["error"]["code"] == "NOT_FOUND"
 
 
 @pytest.mark.parametrize(
@@ -243,12 +246,14 @@ async def test_health_needs_no_key_and_experiments_list(
 ) -> None:
     async with aiohttp.ClientSession() as anonymous:
         status, body = await get_json(anonymous, f"{sim.base_url}/health")
-    assert status == 200 and body["status"] == "healthy"
+    assert status == 200
+    assert body["status"] == "healthy"
     _, listed = await get_json(http, f"{sim.base_url}/experiments", limit=50)
     assert listed["data"] == sim.dataset.experiments()
     assert (listed["metadata"]["dataType"], listed["metadata"]["scope"]) == ("experiments", "user")
     _, one = await get_json(http, f"{sim.base_url}/experiments/{sim.experiment_ids[0]}")
-    assert len(one["data"]) == 1 and one["data"][0]["id"] == sim.experiment_ids[0]
+    assert len(one["data"]) == 1
+    assert one["data"][0]["id"] == sim.experiment_ids[0]
 
 
 async def test_hostile_ids_are_served_via_percent_encoding() -> None:
