@@ -12,7 +12,7 @@ import ipaddress
 import os
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -177,7 +177,7 @@ class Option:
 
     @property
     def default(self) -> Any:
-        return next(f for f in fields(Settings) if f.name == self.name).default
+        return getattr(Settings(), self.name)
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -356,7 +356,7 @@ def example_config() -> str:
             ("# " if option.secret else "") + f"{option.name} = {_toml_literal(option.default)}"
         )
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def _toml_literal(value: object) -> str:

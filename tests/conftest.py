@@ -1,0 +1,73 @@
+"""Shared fixtures: a simulator on loopback, settings pointing at it, and archive readers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from hyperstudy_bulk.config import Settings, load_settings
+from hyperstudy_bulk.manifest import Manifest, load_manifest
+from hyperstudy_bulk.simulator import SimulatorConfig, serve
+from hyperstudy_bulk.simulator.server import SimulatorHandle
+from hyperstudy_bulk.sinks import safe_name
+
+SMALL = SimulatorConfig(seed=11, rooms=3, participants=2, records=120)
+DATA_TYPE_PATHS = (
+    "events",
+    "recordings",
+    "chat",
+    "videochat",
+    "ratings/continuous",
+    "ratings/sparse",
+    "sync",
+    "components",
+    "eyetracking",
+    "participants",
+    "rooms",
+)
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[SimulatorHandle]:
+    async with serve(SMALL) as handle:
+        yield handle
+
+
+def settings_for(sim: SimulatorHandle, out: Path, **options: object) -> Settings:
+    """Settings aimed at the simulator, with no environment or .env in the way."""
+    return load_settings(
+        {"api_key": sim.api_key, "base_url": sim.base_url, "out": str(out), **options},
+        environ={},
+        cwd=out.parent,
+    )
+
+
+def archive_folder(out: Path, experiment_id: str) -> Path:
+    return out / safe_name(experiment_id)
+
+
+def read_type(folder: Path, folder_name: str) -> list[dict[str, Any]]:
+    """Every record of a data type, in manifest order (stream by stream, part by part)."""
+    manifest = load_manifest(folder)
+    records: list[dict[str, Any]] = []
+    for stream in manifest.streams:
+        if stream.data_type != folder_name:
+            continue
+        for file in stream.files:
+            records.extend(
+                orjson.loads(line) for line in (folder / file.path).read_bytes().splitlines()
+            )
+    return records
+
+
+def expected_type(sim: SimulatorHandle, path: str, experiment_id: str) -> list[dict[str, Any]]:
+    """What the API serves for a data type at experiment scope, in its order."""
+    return sim.dataset.records(path, "experiment", experiment_id)
+
+
+def manifest_of(out: Path, experiment_id: str) -> Manifest:
+    return load_manifest(archive_folder(out, experiment_id))
