@@ -170,3 +170,16 @@ async def test_faults_are_reproducible_and_retries_succeed() -> None:
     assert {500, 503, 200} <= set(first)
     for n in range(len(urls)):
         assert 200 in first[n * 10 : (n + 1) * 10]
+
+
+async def test_latency_and_jitter_are_applied_per_request(sleeps: RecordingSleep) -> None:
+    config = SimulatorConfig(records=5, latency_ms=30, jitter_ms=10)
+    async with serve(config, sleep=sleeps) as sim:
+        headers = {"X-API-Key": sim.api_key}
+        async with aiohttp.ClientSession(headers=headers) as http:
+            for offset in range(5):
+                url = f"{sim.base_url}/data/events/experiment/{sim.experiment_ids[0]}"
+                assert (await get(http, url, offset=offset))[0] == 200
+    assert len(sleeps.delays) == 5
+    assert all(0.03 <= d <= 0.04 for d in sleeps.delays)
+    assert len(set(sleeps.delays)) > 1

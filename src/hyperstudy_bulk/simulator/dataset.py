@@ -36,7 +36,6 @@ from hyperstudy_bulk.simulator.ids import (
     HOSTILE_ROOM_IDS,
     firestore_id,
     hash_ints,
-    hash_text,
     hostile,
     unit,
 )
@@ -518,6 +517,3 @@ class Dataset:
 def _sort_key(field: str) -> Callable[[Record], tuple[bool, Any]]:
     """Nulls sort last in ascending order, like Firestore."""
     return lambda row: (row.get(field) is None, row.get(field) or "")
-
-
-__all__ = ["DATA_TYPES", "SCOPES", "SORTS", "Dataset", "hash_text", "parse_time"]
