@@ -1,0 +1,188 @@
+"""Latency-bound: the official SDK (sequential pages) vs `hyperstudy-bulk download`.
+
+Run by hand: `python benchmarks/bench_latency.py [--quick] [--concurrency N]`.
+
+The simulator (its own process) answers every request after 30 ms, with no rate limit. One
+untimed CLI pass warms its page cache; then the CLI is timed at --concurrency and at its
+default settings, and the SDK fetches every data type with one get_* call each. Each data type's
+NDJSON records, read back from the archive, must equal the SDK's list of dicts, in order.
+
+Both sides are served from the warm cache: the CLI's snapshot time is pinned (see
+_pinned_cli.py) and given to the SDK as end_time where its method accepts one; the pages of the
+three methods without end_time are warmed separately. A last run of the
+unpinned CLI shows what a real run costs when the simulator must generate its pages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from _common import (
+    ChildRun,
+    check_ok,
+    cli_command,
+    print_block,
+    read_stream_records,
+    run_child,
+    sim_env,
+    snapshot_now,
+)
+from hyperstudy import HyperStudy
+
+from hyperstudy_bulk.simulator import ProcessHandle, SimulatorConfig, serve_in_subprocess
+
+LATENCY_MS = 30.0
+TARGET = 20.0
+
+
+@dataclass(frozen=True)
+class SdkCall:
+    """One SDK call fetching one whole data type at experiment scope."""
+
+    folder: str
+    fetch: Callable[[HyperStudy, str, str], list[dict[str, Any]]]
+
+
+def _bounded(method: str, **fixed: Any) -> Callable[[HyperStudy, str, str], Any]:
+    """hs.<method>(experiment, end_time=snapshot): the same query the CLI sends."""
+    return lambda hs, experiment, end: getattr(hs, method)(
+        experiment, end_time=end, output="dict", progress=False, **fixed
+    )
+
+
+def _unbounded(method: str) -> Callable[[HyperStudy, str, str], Any]:
+    """Methods without end_time: their pages differ from the CLI's (warmed separately)."""
+    return lambda hs, experiment, _end: getattr(hs, method)(
+        experiment, output="dict", progress=False
+    )
+
+
+SDK_CALLS = (
+    SdkCall("events", _bounded("get_events")),
+    SdkCall("recordings", _unbounded("get_recordings")),
+    SdkCall("chat", _bounded("get_chat")),
+    SdkCall("videochat", _bounded("get_videochat")),
+    SdkCall("ratings-continuous", _bounded("get_ratings", kind="continuous")),
+    SdkCall("ratings-sparse", _bounded("get_ratings", kind="sparse")),
+    SdkCall("sync", _bounded("get_sync")),
+    SdkCall("components", _unbounded("get_components")),
+    SdkCall("eyetracking", _unbounded("get_eyetracking")),
+    SdkCall("participants", _unbounded("get_participants")),
+    SdkCall("rooms", _unbounded("get_rooms")),
+)
+UNBOUNDED_PATHS = ("recordings", "components", "eyetracking")
+"""Time-ordered types the SDK cannot bound by end_time: their pages need their own warm-up."""
+
+
+async def warm_unbounded(sim: ProcessHandle, page_size: int = 1000) -> None:
+    """Fetch (untimed) the pages the SDK will ask for that the CLI's warm-up did not."""
+    experiment = sim.experiment_ids[0]
+    headers = {"X-API-Key": sim.api_key}
+    connector = aiohttp.TCPConnector(limit=32)
+    async with aiohttp.ClientSession(headers=headers, connector=connector) as session:
+
+        async def page(path: str, offset: int) -> int:
+            url = f"{sim.base_url}/data/{path}/experiment/{experiment}"
+            params = {"offset": offset, "limit": page_size}
+            async with session.get(url, params=params) as response:
+                body = await response.read()
+            total: int = orjson.loads(body)["metadata"]["pagination"]["total"]
+            return total
+
+        for path in UNBOUNDED_PATHS:
+            total = await page(path, 0)
+            offsets = range(page_size, total, page_size)
+            await asyncio.gather(*(page(path, offset) for offset in offsets))
+
+
+def download(
+    sim: ProcessHandle, out: Path, *, snapshot: str | None, concurrency: int | None
+) -> ChildRun:
+    """One CLI download of the simulator's first experiment into `out`."""
+    args = ["download", sim.experiment_ids[0], "--out", str(out), "--progress", "none"]
+    if concurrency is not None:
+        args += ["--concurrency", str(concurrency)]
+    run = run_child(cli_command(args, pinned_snapshot=snapshot), sim_env(sim))
+    check_ok(f"download into {out}", run)
+    return run
+
+
+def sdk_pass(sim: ProcessHandle, folder: Path, snapshot: str) -> tuple[float, int, list[str]]:
+    """Time each SDK call (only the call), then compare its result with the archive.
+
+    Returns (seconds, records, data types whose records differ).
+    """
+    # The simulator warns, as the API does, about missing indexes; the SDK re-raises that as
+    # a UserWarning per page, which is noise here.
+    warnings.filterwarnings("ignore", category=UserWarning, module="hyperstudy")
+    hs = HyperStudy(api_key=sim.api_key, base_url=sim.base_url)
+    experiment = sim.experiment_ids[0]
+    seconds, records, mismatched = 0.0, 0, []
+    for call in SDK_CALLS:
+        started = time.perf_counter()
+        rows = call.fetch(hs, experiment, snapshot)
+        seconds += time.perf_counter() - started
+        records += len(rows)
+        if rows != read_stream_records(folder, call.folder):
+            mismatched.append(call.folder)
+    return seconds, records, mismatched
+
+
+def run(config: SimulatorConfig, concurrency: int) -> None:
+    snapshot = snapshot_now()
+    with serve_in_subprocess(config) as sim, tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        download(sim, root / "warm", snapshot=snapshot, concurrency=concurrency)
+        asyncio.run(warm_unbounded(sim))
+        tuned = download(sim, root / "tuned", snapshot=snapshot, concurrency=concurrency)
+        default = download(sim, root / "default", snapshot=snapshot, concurrency=None)
+        folder = root / "tuned" / sim.experiment_ids[0]
+        sim.reset()
+        sdk_seconds, records, mismatched = sdk_pass(sim, folder, snapshot)
+        requests = sim.stats()["total"]
+        cold = download(sim, root / "cold", snapshot=None, concurrency=None)
+    speedup = sdk_seconds / tuned.seconds
+    print_block(
+        f"bench_latency ({config.rooms} rooms, {LATENCY_MS:.0f} ms per request)",
+        [
+            ("records / SDK requests", f"{records:,} / {requests:,}"),
+            ("SDK, 11 get_* calls", f"{sdk_seconds:.2f} s"),
+            (f"CLI --concurrency {concurrency}", f"{tuned.seconds:.2f} s"),
+            ("CLI default settings", f"{default.seconds:.2f} s"),
+            ("CLI default, unpinned (cold)", f"{cold.seconds:.2f} s"),
+            ("speed-up (tuned)", f"{speedup:.1f}x (target >= {TARGET:.0f}x)"),
+            ("speed-up (default)", f"{sdk_seconds / default.seconds:.1f}x"),
+            ("records identical", "yes" if not mismatched else f"NO: {', '.join(mismatched)}"),
+        ],
+    )
+    if mismatched:
+        raise SystemExit(1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small smoke run (~10 s)")
+    parser.add_argument("--concurrency", type=int, default=64)
+    args = parser.parse_args()
+    config = SimulatorConfig(
+        seed=7,
+        rooms=20 if args.quick else 24,
+        participants=2 if args.quick else 4,
+        records=60 if args.quick else 400,
+        latency_ms=LATENCY_MS,
+    )
+    run(config, args.concurrency)
+
+
+if __name__ == "__main__":
+    main()
