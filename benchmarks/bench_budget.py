@@ -204,18 +204,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small smoke run (~30 s)")
     parser.add_argument(
-        "--scale", type=float, default=120.0, help="clock speed-up (120: hour = 30 s)"
+        "--scale", type=float, help="clock speed-up (default 120: hour = 30 s; quick 600)"
     )
     args = parser.parse_args()
+    scale = args.scale or (600.0 if args.quick else 120.0)
     page_size = 100
     base = SimulatorConfig(
         seed=11,
-        rooms=8 if args.quick else 24,
+        rooms=20 if args.quick else 24,
         participants=3,
-        records=150 if args.quick else 320,
-        rate_limit=args.scale,
+        records=250 if args.quick else 320,
+        rate_limit=scale,
     )
-    window = 3600.0 / args.scale
+    window = 3600.0 / scale
     rows: list[tuple[str, str]] = [("hour window / page size", f"{window:.1f} s / {page_size}")]
     for rate_window, baseline in (("fixed", False), ("sliding", True)):
         config = dataclasses.replace(base, rate_window=rate_window)
@@ -228,7 +229,7 @@ def main() -> None:
             f"requests <= {TARGET_OVERHEAD}x minimum (Budget rows)",
         )
     )
-    print_block(f"bench_budget (scale {args.scale:g})", rows)
+    print_block(f"bench_budget (scale {scale:g})", rows)
 
 
 if __name__ == "__main__":
