@@ -37,10 +37,20 @@ async def sim() -> AsyncIterator[SimulatorHandle]:
         yield handle
 
 
+UNLIMITED = {
+    "rate_limit_per_hour": 10**9,
+    "rate_limit_per_minute_per_endpoint": 10**9,
+    "retry_backoff": 0.01,
+    "retry_backoff_max": 0.05,
+}
+"""The simulator enforces no limits unless a test asks; neither does the client then, and its
+backoff is short, so tests finish fast. Tests of the budget set the limits they exercise."""
+
+
 def settings_for(sim: SimulatorHandle, out: Path, **options: object) -> Settings:
     """Settings aimed at the simulator, with no environment or .env in the way."""
     return load_settings(
-        {"api_key": sim.api_key, "base_url": sim.base_url, "out": str(out), **options},
+        {**UNLIMITED, "api_key": sim.api_key, "base_url": sim.base_url, "out": str(out), **options},
         environ={},
         cwd=out.parent,
     )

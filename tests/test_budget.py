@@ -7,7 +7,9 @@ import asyncio
 from hyperstudy_bulk.budget import Budget
 
 
-async def _hold(budget: Budget, endpoint: str, entered: asyncio.Event, leave: asyncio.Event) -> None:
+async def _hold(
+    budget: Budget, endpoint: str, entered: asyncio.Event, leave: asyncio.Event
+) -> None:
     async with budget.slot(endpoint):
         entered.set()
         await leave.wait()
@@ -78,11 +80,11 @@ async def test_a_request_cancelled_while_waiting_gives_its_permits_back() -> Non
     # The waiter takes the endpoint's second permit, then waits for the key's only permit.
     waiter = asyncio.create_task(_hold(budget, "e", waiter_in, leave))
     await _settle()
-    endpoint_permits = budget._window("e")._permits  # noqa: SLF001
-    assert endpoint_permits._value == 0  # noqa: SLF001
+    endpoint_permits = budget._window("e")._permits
+    assert endpoint_permits._value == 0
     waiter.cancel()
     await asyncio.gather(waiter, return_exceptions=True)
-    assert endpoint_permits._value == 1  # noqa: SLF001
+    assert endpoint_permits._value == 1
     assert not waiter_in.is_set()
     holder.cancel()
     await asyncio.gather(holder, return_exceptions=True)

@@ -68,7 +68,14 @@ def test_invalid_json_is_a_transient_fault() -> None:
 
 def test_error_envelope() -> None:
     raw = orjson.dumps(
-        {"status": "error", "error": {"code": "INVALID_PARAMETER", "message": "bad", "details": {"parameter": "limit"}}}
+        {
+            "status": "error",
+            "error": {
+                "code": "INVALID_PARAMETER",
+                "message": "bad",
+                "details": {"parameter": "limit"},
+            },
+        }
     )
     error = decode_error(400, raw, retry_after=None)
     assert str(error) == "HTTP 400 INVALID_PARAMETER: bad"
@@ -78,11 +85,14 @@ def test_error_envelope() -> None:
 
 def test_html_and_bare_error_bodies() -> None:
     html = decode_error(502, b"<html><body>Bad Gateway</body></html>", retry_after=None)
-    assert str(html) == "HTTP 502" and html.transient
+    assert str(html) == "HTTP 502"
+    assert html.transient
     bare = decode_error(403, b'{"error": "no access"}', retry_after=None)
-    assert isinstance(bare, AuthError) and str(bare) == "HTTP 403: no access"
+    assert isinstance(bare, AuthError)
+    assert str(bare) == "HTTP 403: no access"
     limited = decode_error(429, b"", retry_after=2.0)
-    assert limited.transient and limited.retry_after == 2.0
+    assert limited.transient
+    assert limited.retry_after == 2.0
 
 
 def test_single_object_routes() -> None:

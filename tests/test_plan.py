@@ -68,7 +68,9 @@ def test_hostile_ids_stay_inside_their_folder() -> None:
     streams = plan_streams("exp", [EVENTS], Granularity.ROOM, [Room(h) for h in hostile])
     for stream in streams:
         name = stream.stem.split("/", 1)[1]
-        assert "/" not in name and ".." not in name and name.isprintable()
+        assert "/" not in name
+        assert ".." not in name
+        assert name.isprintable()
         assert len(name) <= 130
     assert len({s.stem for s in streams}) == len(hostile)
 
@@ -85,8 +87,18 @@ def test_auto_picks_the_fewest_requests() -> None:
         Granularity.AUTO, ALL_DATA_TYPES, ROOMS_AB, totals={}, page_size=1000
     )
     assert choice is Granularity.EXPERIMENT
-    assert estimate_requests(Granularity.EXPERIMENT, ALL_DATA_TYPES, ROOMS_AB, totals={}, page_size=1000) == 11
-    assert estimate_requests(Granularity.ROOM, [EVENTS], ROOMS_AB, totals={EVENTS: 5000}, page_size=1000) == 5
+    assert (
+        estimate_requests(
+            Granularity.EXPERIMENT, ALL_DATA_TYPES, ROOMS_AB, totals={}, page_size=1000
+        )
+        == 11
+    )
+    assert (
+        estimate_requests(
+            Granularity.ROOM, [EVENTS], ROOMS_AB, totals={EVENTS: 5000}, page_size=1000
+        )
+        == 5
+    )
 
 
 def test_auto_with_no_rooms_skips_the_per_room_types() -> None:
@@ -116,7 +128,9 @@ def test_explicit_granularity_is_kept() -> None:
         ({"data/a": 90, "data/b": 90, "data/c": 900}, 3600.0),  # 1080 > 1000 per hour
     ],
 )
-def test_estimate_seconds_under_sliding_windows(by_endpoint: dict[str, int], seconds: float) -> None:
+def test_estimate_seconds_under_sliding_windows(
+    by_endpoint: dict[str, int], seconds: float
+) -> None:
     assert estimate_seconds(by_endpoint, RequestBudget(1000, 100)) == seconds
 
 

@@ -42,7 +42,10 @@ def open_client(settings: Settings, *, log: Callable[[str], None] = lambda m: No
             time_scale=settings.rate_limit_time_scale,
         ),
         retry=RetryPolicy(
-            max_attempts=settings.max_attempts, max_seconds=settings.max_retry_seconds
+            max_attempts=settings.max_attempts,
+            max_seconds=settings.max_retry_seconds,
+            backoff_base=settings.retry_backoff,
+            backoff_max=settings.retry_backoff_max,
         ),
         concurrency=settings.concurrency,
         timeout=settings.timeout,

@@ -17,7 +17,7 @@ from typing import NoReturn
 from rich.console import Console
 from rich.table import Table
 
-from hyperstudy_bulk import __version__
+from hyperstudy_bulk._version import __version__
 from hyperstudy_bulk.api import Downloader
 from hyperstudy_bulk.config import OPTIONS, Settings, load_settings
 from hyperstudy_bulk.errors import AuthError, ConfigError, HyperStudyBulkError
@@ -80,7 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from hyperstudy_bulk.simulator.cli import main as simulate
 
         return simulate(args_list[1:])
-    args = build_parser().parse_args(args_list)
+    try:
+        args = build_parser().parse_args(args_list)
+    except SystemExit as done:  # --help, --version, or a usage error already reported
+        return done.code if isinstance(done.code, int) else EXIT_USAGE
     try:
         if args.command == "demo":
             return asyncio.run(_demo(Path(args.out), args.progress))
@@ -160,7 +163,7 @@ async def _archive_one(
     await renderer.start()
     try:
         manifest = await downloader.archive(experiment_id, monitor=monitor)
-    except ExperimentNotFound as error:
+    except (ExperimentNotFound, ConfigError) as error:
         _say(str(error))
         return EXIT_USAGE
     except AuthError as error:

@@ -22,7 +22,7 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from hyperstudy_bulk import __version__
+from hyperstudy_bulk._version import __version__
 from hyperstudy_bulk.budget import Budget
 from hyperstudy_bulk.config import ApiKey
 from hyperstudy_bulk.envelope import Page, decode_error, decode_object, decode_page

@@ -84,6 +84,8 @@ class Settings:
     connect_timeout: float = 15.0
     max_attempts: int = 8
     max_retry_seconds: float = 3600.0
+    retry_backoff: float = 0.5
+    retry_backoff_max: float = 60.0
     part_max_mb: int = 512
     progress: ProgressMode = ProgressMode.AUTO
     quiet: bool = False
@@ -216,6 +218,12 @@ OPTIONS: tuple[Option, ...] = (
         _positive_float,
         "seconds one request may spend retrying, waits included",
     ),
+    Option(
+        "retry_backoff",
+        _positive_float,
+        "seconds: the exponential backoff's base (waits are random up to base * 2^attempt)",
+    ),
+    Option("retry_backoff_max", _positive_float, "seconds: the longest backoff between attempts"),
     Option("part_max_mb", _whole(1), "start a new NDJSON part file after this many MiB"),
     Option(
         "progress",

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from hyperstudy_bulk import __version__
+from hyperstudy_bulk._version import __version__
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "hyperstudy-bulk/1"

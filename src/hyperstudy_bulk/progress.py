@@ -44,6 +44,9 @@ class Monitor:
     started: float = field(default_factory=time.monotonic)
     rate_limited: Callable[[], int] = lambda: 0
     retries: Callable[[], int] = lambda: 0
+    on_page: Callable[[str, int], None] = lambda data_type, records: None
+    """Called after each page is written (data type folder, records in the page): for
+    programs embedding the library that want progress pushed rather than polled."""
 
     def of(self, data_type: str) -> TypeProgress:
         return self.types.setdefault(data_type, TypeProgress())

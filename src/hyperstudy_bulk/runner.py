@@ -41,18 +41,19 @@ def iso_utc(moment: datetime) -> str:
 
 
 def prepare_folder(out: Path, experiment_id: str) -> Path:
-    """`out/<experiment>` created and writable, or a ConfigError saying what is wrong."""
+    """The experiment's folder under `out`, checked before any request is made: `out` must be
+    a folder (created if missing) we can write in. The experiment folder itself is created by
+    the first file written, so a mistyped experiment id leaves nothing behind."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a folder: choose a folder path")
-    folder = out / safe_name(experiment_id)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise ConfigError(
-            f"cannot create {folder}: {error.strerror}; choose another --out"
-        ) from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ConfigError(f"{folder} is not writable: fix its permissions or choose another --out")
+        raise ConfigError(f"cannot create --out {out}: {error.strerror}") from None
+    folder = out / safe_name(experiment_id)
+    target = folder if folder.exists() else out
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise ConfigError(f"{target} is not writable: fix its permissions or choose another --out")
     return folder
 
 
@@ -108,6 +109,7 @@ class _Run:
                 figures.bytes += len(chunk.ndjson)
                 if progress.pages == 1:
                     figures.expected += chunk.total
+                self.monitor.on_page(spec.data_type.folder, chunk.records)
             if on_chunk is not None:
                 on_chunk(chunk)
 
@@ -169,8 +171,12 @@ class _Run:
         self.save(force=False)
 
     def save(self, *, force: bool) -> None:
-        """Save the manifest at most once a second while running, and always when forced."""
+        """Save the manifest at most once a second while running, and always when forced.
+        Before the first data file exists there is nothing to describe: a run refused at its
+        first request leaves no folder behind."""
         now = time.monotonic()
+        if not self.folder.exists():
+            return
         if force or now - self.saved_at >= 1.0:
             self.manifest.updated_at = iso_utc(datetime.now(UTC))
             self.manifest.complete = bool(self.manifest.streams) and not (
