@@ -46,6 +46,8 @@ from hyperstudy_bulk.simulator.stats import Stats
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 API_PREFIX = "/api/v3/"
+IN_FLIGHT_GRACE_S = 0.25
+"""Requests arriving this soon after a 429 were sent before the client could have seen it."""
 _REQUIRED_SCOPES = {
     "events": ("read:events",),
     "recordings": ("read:recordings",),
@@ -125,6 +127,7 @@ class Simulator:
         self._attempts: Counter[str] = Counter()
         self._bursts: Counter[str] = Counter()
         self._retry_until: dict[str, float] = {}
+        self._retry_from: dict[str, float] = {}
 
     def set_faults(self, spec: FaultSpec) -> None:
         self.faults = spec
@@ -137,6 +140,7 @@ class Simulator:
         self._attempts.clear()
         self._bursts.clear()
         self._retry_until.clear()
+        self._retry_from.clear()
 
     def attempt(self, key: str) -> int:
         """0 for the first time this exact request is seen, then 1, 2, ..."""
@@ -147,7 +151,7 @@ class Simulator:
     def admit(self, api_key: str, template: str) -> Decision | None:
         """Bursts and rate limits; raises RateLimited. None when limits are off."""
         now = self.clock()
-        if now < self._retry_until.get(api_key, float("-inf")):
+        if self._retry_from.get(api_key, 0.0) <= now < self._retry_until.get(api_key, 0.0):
             self.stats.during_retry_after += 1
         if self._bursts[api_key] > 0:
             self._bursts[api_key] -= 1
@@ -160,8 +164,15 @@ class Simulator:
         return decision
 
     def reject(self, api_key: str, retry_after: int, decision: Decision | None = None) -> None:
+        """Answer 429. Arrivals from the key count as `during_retry_after` from a short grace
+        after the first 429 of an episode (requests already in flight cannot obey it) until the
+        latest Retry-After given has passed."""
         self.stats.rate_limited += 1
-        self._retry_until[api_key] = self.clock() + retry_after
+        now = self.clock()
+        until = self._retry_until.get(api_key, 0.0)
+        if now >= until:
+            self._retry_from[api_key] = now + IN_FLIGHT_GRACE_S
+        self._retry_until[api_key] = max(until, now + retry_after)
         raise RateLimited(retry_after, _limit_headers(decision))
 
     def start_burst(self, api_key: str) -> None:
