@@ -18,7 +18,8 @@ from hyperstudy_bulk import api, cli, runner
 
 def main() -> int:
     moment = datetime.fromisoformat(sys.argv[1].replace("Z", "+00:00"))
-    api.archive_experiment = functools.partial(runner.archive_experiment, now=moment)  # type: ignore[assignment]
+    pinned = functools.partial(runner.archive_experiment, now=moment)
+    setattr(api, "archive_experiment", pinned)  # noqa: B010 (not a public attribute)
     return cli.main(sys.argv[2:])
 
 

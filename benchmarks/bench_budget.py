@@ -40,6 +40,7 @@ from hyperstudy_bulk.api import Downloader
 from hyperstudy_bulk.budget import BudgetCounters, PauseGate
 from hyperstudy_bulk.config import load_settings
 from hyperstudy_bulk.simulator import ProcessHandle, SimulatorConfig, serve_in_subprocess
+from hyperstudy_bulk.simulator.config import RateWindow
 
 HOUR_LIMIT = 1000
 MINUTE_LIMIT = 100
@@ -183,7 +184,8 @@ async def bucket_download(sim: ProcessHandle, out: Path, page_size: int, scale: 
 
 def measure(config: SimulatorConfig, page_size: int, *, baseline: bool) -> list[Outcome]:
     """The CLI against this server; with `baseline`, then the token buckets against it."""
-    scale = float(config.rate_limit)  # type: ignore[arg-type]
+    assert isinstance(config.rate_limit, float)
+    scale = config.rate_limit
     outcomes = []
     with serve_in_subprocess(config) as sim, tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
@@ -218,7 +220,8 @@ def main() -> None:
     )
     window = 3600.0 / scale
     rows: list[tuple[str, str]] = [("hour window / page size", f"{window:.1f} s / {page_size}")]
-    for rate_window, baseline in (("fixed", False), ("sliding", True)):
+    windows: tuple[tuple[RateWindow, bool], ...] = (("fixed", False), ("sliding", True))
+    for rate_window, baseline in windows:
         config = dataclasses.replace(base, rate_window=rate_window)
         for outcome in measure(config, page_size, baseline=baseline):
             rows += rows_for(outcome, window)

@@ -39,7 +39,7 @@ from _common import (
     sim_env,
     snapshot_now,
 )
-from hyperstudy import HyperStudy
+from hyperstudy import HyperStudy  # type: ignore[import-untyped]
 
 from hyperstudy_bulk.plan import RequestBudget, estimate_seconds
 from hyperstudy_bulk.simulator import ProcessHandle, SimulatorConfig, serve_in_subprocess
