@@ -40,7 +40,7 @@ from hyperstudy_bulk.simulator.faults import (
 )
 from hyperstudy_bulk.simulator.ids import api_key_for_seed, hash_ints, hash_text, unit
 from hyperstudy_bulk.simulator.limits import Decision, RateLimiter
-from hyperstudy_bulk.simulator.records import iso_ms
+from hyperstudy_bulk.simulator.records import Record, iso_ms
 from hyperstudy_bulk.simulator.stats import Stats
 
 Clock = Callable[[], float]
@@ -67,7 +67,8 @@ _SERVER_ERRORS = {
     503: ("SERVICE_UNAVAILABLE", "Service temporarily unavailable"),
     504: ("GATEWAY_TIMEOUT", "upstream timeout"),
 }
-_FORMATS = {"json": "application/json", "ndjson": "application/x-ndjson", "csv": "text/csv"}
+_JSON = "application/json"
+_FORMATS = {"json": _JSON, "ndjson": "application/x-ndjson", "csv": "text/csv"}
 _ECHOED = (
     "startTime",
     "endTime",
@@ -132,8 +133,30 @@ class Simulator:
     def set_faults(self, spec: FaultSpec) -> None:
         self.faults = spec
 
+    def mutate(
+        self,
+        experiment_id: str,
+        data_type: str,
+        *,
+        append: int = 0,
+        insert: int = 0,
+        room_id: str | None = None,
+    ) -> list[Record]:
+        """Dataset.mutate at the clock's now; cached pages are dropped so none is served stale."""
+        added = self.dataset.mutate(
+            experiment_id,
+            data_type,
+            append=append,
+            insert=insert,
+            now_ms=_now_ms(self),
+            room_id=room_id,
+        )
+        self.cache.clear()
+        return added
+
     def reset(self) -> None:
-        """Zero counters, rate-limit windows, bursts and fault attempt numbers."""
+        """Zero counters, rate-limit windows, bursts and fault attempt numbers. Mutations stay:
+        they are data, and a test resets counters between phases of one live experiment."""
         self.stats.reset()
         if self.limiter is not None:
             self.limiter.reset()
@@ -577,10 +600,29 @@ def build_app(sim: Simulator) -> web.Application:
         sim.set_faults(spec)
         return web.json_response({"status": "ok", "faults": str(spec)})
 
+    async def mutate(request: web.Request) -> web.Response:
+        """{"experimentId", "dataType", "append"?, "insert"?, "roomId"?} -> {"added": [...]}."""
+        try:
+            body = await request.json()
+            added = sim.mutate(
+                body["experimentId"],
+                body["dataType"],
+                append=body.get("append", 0),
+                insert=body.get("insert", 0),
+                room_id=body.get("roomId"),
+            )
+        except ApiError as exc:
+            return web.Response(status=exc.status, body=envelope.error(exc), content_type=_JSON)
+        except (ValueError, KeyError, TypeError) as exc:
+            message = f"bad mutation body: {exc!r}"
+            return web.json_response({"status": "error", "message": message}, status=400)
+        return web.Response(body=envelope.encode({"added": added}), content_type=_JSON)
+
     app = web.Application()
     app.router.add_get("/_sim/stats", stats)
     app.router.add_post("/_sim/reset", reset)
     app.router.add_post("/_sim/faults", faults)
+    app.router.add_post("/_sim/mutate", mutate)
     # [\s\S]* rather than .*: decoded ids may contain newlines.
     app.router.add_get(r"/{tail:[\s\S]*}", Dispatcher(sim).handle)
     return app

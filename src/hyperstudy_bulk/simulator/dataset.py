@@ -12,6 +12,13 @@ So every scope is a timestamp-sorted index space:
 A page is O(log rooms + page size); time filters are bisections on the monotone ts(j); nothing is
 materialised except the small participant and room tables when sorted by a non-time field.
 
+Live experiments (mutate): records added while a client crawls are kept per (type, room) as
+`Extra`s with stream indices n, n+1, ... after the room's n generated ones, so their ids and
+fields come from the same hash and builders, and participant k still owns indices i % P == k. A
+scope is then its generated index space merged with its extras sorted by timestamp: each extra's
+merged position is (generated records before it) + (extras before it), so locating an index or a
+time bound costs one bisection more, and datasets never mutated skip the merge entirely.
+
 Choices where the contract is silent: startTime is inclusive and endTime exclusive; ties cannot
 occur (timestamps strictly increase within a scope); sort=onset gives timestamp order, which equals
 onset order within a room (at experiment scope rooms stay in time order); `category` and other
@@ -21,11 +28,12 @@ type-specific filters are echoed but do not filter; deploymentId filters rooms a
 from __future__ import annotations
 
 import datetime as dt
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 from hyperstudy_bulk.simulator import media
 from hyperstudy_bulk.simulator.config import SimulatorConfig
@@ -133,19 +141,43 @@ class Experiment:
     deployment_ids: tuple[str, ...]
 
 
+class Extra(NamedTuple):
+    """A record added by Dataset.mutate: index i (>= the room's generated count) in its room
+    stream, owned by participant slot k, at timestamp ts (unique within its experiment)."""
+
+    ts: int
+    room: Room
+    i: int
+    k: int
+
+
 @dataclass(frozen=True)
 class _View:
-    """One scope's index space: rooms in time order and their item counts."""
+    """One scope's index space: rooms in time order and their generated item counts, merged
+    with the scope's extras (sorted by timestamp) at merged positions `at`."""
 
     rooms: tuple[Room, ...]
     prefix: tuple[int, ...]
     slot: int | None = None
+    extras: tuple[Extra, ...] = ()
+    at: tuple[int, ...] = ()
+    stamps: tuple[int, ...] = ()
 
     def __len__(self) -> int:
-        return self.prefix[-1]
+        return self.prefix[-1] + len(self.extras)
 
     def locate(self, j: int) -> tuple[Room, int, int]:
         """Scope index j -> (room, index in the room stream, participant slot)."""
+        if self.at:
+            e = bisect_left(self.at, j)
+            if e < len(self.at) and self.at[e] == j:
+                extra = self.extras[e]
+                return extra.room, extra.i, extra.k
+            j -= e
+        return self.locate_generated(j)
+
+    def locate_generated(self, j: int) -> tuple[Room, int, int]:
+        """Index j among the generated items only (extras left out)."""
         r = bisect_right(self.prefix, j) - 1
         room = self.rooms[r]
         local = j - self.prefix[r]
@@ -183,6 +215,9 @@ class Dataset:
             for room in self._by_room.values()
             for i in range(room.counts["recordings"])
         }
+        self._extras: dict[tuple[str, str], list[Extra]] = {}  # (type, room id), in added order
+        self._added: Counter[tuple[str, str]] = Counter()  # (type, experiment id)
+        self._merged_views: dict[tuple[str | None, ...], _View] = {}
 
     # -- layout -------------------------------------------------------------------------------
 
@@ -277,6 +312,8 @@ class Dataset:
 
     def _ts(self, data_type: str, room: Room, i: int) -> int:
         n = room.counts[data_type]
+        if i >= n:
+            return self._extras[(data_type, room.id)][i - n].ts
         start, span = self._window(data_type, room, n)
         return start + i * span // n
 
@@ -303,6 +340,40 @@ class Dataset:
         return pool_id or firestore_id(self._h(_CODE["recordings"], room.gindex, i))
 
     def _view(
+        self,
+        data_type: str,
+        scope: str,
+        scope_id: str,
+        room_id: str | None,
+        deployment_id: str | None,
+    ) -> _View:
+        """The scope's generated index space merged with its extras (cached until a mutation)."""
+        generated = self._generated_view(data_type, scope, scope_id, room_id, deployment_id)
+        if not self._extras:
+            return generated
+        key = (data_type, scope, scope_id, room_id, deployment_id)
+        view = self._merged_views.get(key)
+        if view is None:
+            extras = sorted(
+                (
+                    extra
+                    for room in generated.rooms
+                    for extra in self._extras.get((data_type, room.id), ())
+                    if generated.slot is None or extra.k == generated.slot
+                ),
+                key=lambda extra: extra.ts,
+            )
+            at = tuple(
+                self._generated_before(data_type, generated, extra.ts) + e
+                for e, extra in enumerate(extras)
+            )
+            stamps = tuple(extra.ts for extra in extras)
+            view = replace(generated, extras=tuple(extras), at=at, stamps=stamps)
+            if len(self._merged_views) < 4096:
+                self._merged_views[key] = view
+        return view
+
+    def _generated_view(
         self,
         data_type: str,
         scope: str,
@@ -379,19 +450,23 @@ class Dataset:
 
     # -- pages --------------------------------------------------------------------------------
 
+    def _generated_before(self, data_type: str, view: _View, t: int) -> int:
+        """How many of the view's generated items have timestamps < t (a bisection)."""
+        lo, hi = 0, view.prefix[-1]
+        while lo < hi:
+            mid = (lo + hi) // 2
+            room, i, _ = view.locate_generated(mid)
+            if self._ts(data_type, room, i) < t:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
     def _bounds(self, data_type: str, view: _View, start: int | None, end: int | None) -> range:
         """Scope indices whose timestamps lie in [start, end)."""
 
         def first_at_or_after(t: int) -> int:
-            lo, hi = 0, len(view)
-            while lo < hi:
-                mid = (lo + hi) // 2
-                room, i, _ = view.locate(mid)
-                if self._ts(data_type, room, i) < t:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            return lo
+            return self._generated_before(data_type, view, t) + bisect_left(view.stamps, t)
 
         lo = 0 if start is None else first_at_or_after(start)
         hi = len(view) if end is None else first_at_or_after(end)
@@ -405,6 +480,8 @@ class Dataset:
         return BUILDERS[data_type](room, k, i, ts, r)
 
     def _recording(self, room: Room, i: int, k: int, ts: int, r: int) -> Record:
+        if ts >= room.end_ms:  # appended after the session: it must still end after it starts
+            room = replace(room, end_ms=ts + _MINUTE + r % (30 * _MINUTE))
         rec_id = self.recording_id(room, i)
         url = None
         if room.local_index % 2 == 0:
@@ -484,6 +561,92 @@ class Dataset:
                 " Results may be incomplete."
             ]
         return []
+
+    # -- live experiments ---------------------------------------------------------------------
+
+    def mutate(
+        self,
+        experiment_id: str,
+        data_type: str,
+        *,
+        append: int = 0,
+        insert: int = 0,
+        now_ms: int,
+        room_id: str | None = None,
+    ) -> list[Record]:
+        """Add records to an experiment as if it were still running; returns them (inserted
+        first, then appended) exactly as they are now served.
+
+        `insert` records arrive late: each lands strictly between two existing records of one
+        room (room_id, or one drawn from the seed among rooms with two or more records), so
+        every later offset of the experiment, the room and the owning participant shifts by one.
+        `append` records are new: each is later than every record of the type in the
+        experiment and at least now_ms, so a crawl bounded by endTime = its start never sees
+        them while one starting there does. Rooms, slots and timestamps are drawn from the seed
+        and the number of records added so far, so the same calls give the same records.
+        Participants and rooms are entities, not streams, and cannot be mutated.
+        """
+        experiment = self.experiment(experiment_id)
+        if data_type not in SCOPES:
+            raise NotFound(f"Unknown data type '{data_type}'")
+        if data_type in ("participants", "rooms"):
+            raise InvalidParameter("dataType", data_type, "a record stream")
+        for name, count in (("append", append), ("insert", insert)):
+            if not isinstance(count, int) or count < 0:
+                raise InvalidParameter(name, count, "integer >= 0")
+        room = None if room_id is None else self.room(room_id)
+        if room is not None and room.experiment_id != experiment.id:
+            raise NotFound("Room not found in this experiment")
+        added = [self._insert(experiment, data_type, room) for _ in range(insert)]
+        added += [self._append(experiment, data_type, room, now_ms) for _ in range(append)]
+        return [self._record(data_type, extra.room, extra.i, extra.k) for extra in added]
+
+    def _draw(self, experiment: Experiment, data_type: str) -> int:
+        added = self._added[data_type, experiment.id]
+        return self._h(120, _CODE[data_type], experiment.index, added)
+
+    def _append(
+        self, experiment: Experiment, data_type: str, room: Room | None, now_ms: int
+    ) -> Extra:
+        h = self._draw(experiment, data_type)
+        view = self._view(data_type, "experiment", experiment.id, None, None)
+        ts = now_ms
+        if len(view):
+            last_room, i, _ = view.locate(len(view) - 1)
+            ts = max(ts, self._ts(data_type, last_room, i) + 1)
+        return self._add(data_type, room or experiment.rooms[h % len(experiment.rooms)], ts)
+
+    def _insert(self, experiment: Experiment, data_type: str, room: Room | None) -> Extra:
+        h = self._draw(experiment, data_type)
+        if room is None:
+            eligible = [r for r in experiment.rooms if r.counts[data_type] >= 2]
+            if not eligible:
+                raise InvalidParameter("insert", data_type, "a type with 2+ records in a room")
+            room = eligible[h % len(eligible)]
+        n = room.counts[data_type]
+        if n < 2:
+            raise InvalidParameter("roomId", room.id, f"a room with 2+ {data_type} records")
+        view = self._view(data_type, "room", room.id, None, None)
+        # Gaps end at the last generated record: beyond it lie appends, in later rooms' time.
+        gaps = n - 1 + bisect_left(view.stamps, self._ts(data_type, room, n - 1))
+        for step in range(gaps):
+            g = ((h >> 16) + step) % gaps
+            before = self._ts(data_type, *view.locate(g)[:2])
+            after = self._ts(data_type, *view.locate(g + 1)[:2])
+            if after - before >= 2:
+                return self._add(data_type, room, before + 1 + (h >> 40) % (after - before - 1))
+        raise InvalidParameter("roomId", room.id, "a room with a 2 ms gap between records")
+
+    def _add(self, data_type: str, room: Room, ts: int) -> Extra:
+        extras = self._extras.setdefault((data_type, room.id), [])
+        i = room.counts[data_type] + len(extras)
+        extra = Extra(ts, room, i, i % len(room.members))
+        extras.append(extra)
+        self._added[data_type, room.experiment_id] += 1
+        self._merged_views.clear()
+        if data_type == "recordings":
+            self._recordings[room.id, self.recording_id(room, i)] = i
+        return extra
 
     # -- media --------------------------------------------------------------------------------
 

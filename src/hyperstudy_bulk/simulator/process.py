@@ -43,6 +43,27 @@ class ProcessHandle:
     def set_faults(self, spec: str) -> None:
         self._admin("POST", "/_sim/faults", spec.encode())
 
+    def mutate(
+        self,
+        experiment_id: str,
+        data_type: str,
+        *,
+        append: int = 0,
+        insert: int = 0,
+        room_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """POST /_sim/mutate (see Dataset.mutate); returns the added records."""
+        body = {
+            "experimentId": experiment_id,
+            "dataType": data_type,
+            "append": append,
+            "insert": insert,
+            "roomId": room_id,
+        }
+        reply = self._admin("POST", "/_sim/mutate", json.dumps(body).encode())
+        added: list[dict[str, Any]] = reply["added"]
+        return added
+
 
 @contextmanager
 def serve_in_subprocess(

@@ -51,8 +51,25 @@ class SimulatorHandle:
         self._call(lambda: self._sim.set_faults(spec))
 
     def reset(self) -> None:
-        """Zero counters and rate-limit state (POST /_sim/reset)."""
+        """Zero counters and rate-limit state (POST /_sim/reset); mutations stay."""
         self._call(self._sim.reset)
+
+    def mutate(
+        self,
+        experiment_id: str,
+        data_type: str,
+        *,
+        append: int = 0,
+        insert: int = 0,
+        room_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Add records while clients crawl (see Dataset.mutate); returns the added records."""
+        added: list[dict[str, Any]] = self._call(
+            lambda: self._sim.mutate(
+                experiment_id, data_type, append=append, insert=insert, room_id=room_id
+            )
+        )
+        return added
 
 
 def _bind(host: str, port: int) -> socket.socket:
