@@ -1,4 +1,5 @@
-"""Fixtures for the simulator's own tests: a fake clock, a server on the test's loop, a session."""
+"""Fixtures for the simulator's own tests: a fake clock, a server on the test's loop, a session,
+and helpers that read pages over HTTP."""
 
 from __future__ import annotations
 
@@ -64,3 +65,20 @@ async def get_json(
 ) -> tuple[int, dict[str, Any]]:
     async with session.get(url, params=params) as response:
         return response.status, await response.json(content_type=None)
+
+
+async def page_all(
+    http: aiohttp.ClientSession, url: str, limit: int, **params: Any
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    rows: list[dict[str, Any]] = []
+    metas = []
+    offset = 0
+    while True:
+        status, body = await get_json(http, url, limit=limit, offset=offset, **params)
+        assert status == 200, body
+        rows += body["data"]
+        metas.append(body["metadata"])
+        pagination = body["metadata"]["pagination"]
+        if not pagination["hasMore"]:
+            return rows, metas
+        offset = pagination["nextOffset"]

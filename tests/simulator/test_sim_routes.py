@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -15,7 +14,7 @@ from hyperstudy_bulk.simulator import DATA_TYPES, SimulatorConfig, serve
 from hyperstudy_bulk.simulator.dataset import SCOPES
 from hyperstudy_bulk.simulator.server import SimulatorHandle
 
-from .conftest import get_json
+from .conftest import get_json, page_all
 
 
 def scope_ids(sim: SimulatorHandle, scope: str) -> tuple[str, dict[str, str]]:
@@ -26,23 +25,6 @@ def scope_ids(sim: SimulatorHandle, scope: str) -> tuple[str, dict[str, str]]:
     if scope == "room":
         return room, {}
     return sim.dataset.participants("room", room)[1]["id"], {"roomId": room}
-
-
-async def page_all(
-    http: aiohttp.ClientSession, url: str, limit: int, **params: Any
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    rows: list[dict[str, Any]] = []
-    metas = []
-    offset = 0
-    while True:
-        status, body = await get_json(http, url, limit=limit, offset=offset, **params)
-        assert status == 200, body
-        rows += body["data"]
-        metas.append(body["metadata"])
-        pagination = body["metadata"]["pagination"]
-        if not pagination["hasMore"]:
-            return rows, metas
-        offset = pagination["nextOffset"]
 
 
 CASES = [(t, s) for t in DATA_TYPES for s in SCOPES[t]]

@@ -217,6 +217,7 @@ class Dataset:
         }
         self._extras: dict[tuple[str, str], list[Extra]] = {}  # (type, room id), in added order
         self._added: Counter[tuple[str, str]] = Counter()  # (type, experiment id)
+        self._latest: dict[tuple[str, str], int] = {}  # (type, experiment id) -> max extra ts
         self._merged_views: dict[tuple[str | None, ...], _View] = {}
 
     # -- layout -------------------------------------------------------------------------------
@@ -609,8 +610,8 @@ class Dataset:
         self, experiment: Experiment, data_type: str, room: Room | None, now_ms: int
     ) -> Extra:
         h = self._draw(experiment, data_type)
-        view = self._view(data_type, "experiment", experiment.id, None, None)
-        ts = now_ms
+        ts = max(now_ms, self._latest.get((data_type, experiment.id), now_ms - 1) + 1)
+        view = self._generated_view(data_type, "experiment", experiment.id, None, None)
         if len(view):
             last_room, i, _ = view.locate(len(view) - 1)
             ts = max(ts, self._ts(data_type, last_room, i) + 1)
@@ -643,6 +644,8 @@ class Dataset:
         extra = Extra(ts, room, i, i % len(room.members))
         extras.append(extra)
         self._added[data_type, room.experiment_id] += 1
+        key = (data_type, room.experiment_id)
+        self._latest[key] = max(ts, self._latest.get(key, ts))
         self._merged_views.clear()
         if data_type == "recordings":
             self._recordings[room.id, self.recording_id(room, i)] = i
