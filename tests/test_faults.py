@@ -53,15 +53,18 @@ async def test_each_transient_fault_is_retried_to_an_exact_archive(
 ) -> None:
     config = SimulatorConfig(**BASE, faults=FaultSpec.parse(spec))
     result = await _archive_and_check(config, tmp_path)
+    kind = spec.split("=")[0]
+    assert result["sim"]["faults"][kind] > 0  # type: ignore[index]
     retries = result["manifest"].requests["retries"]  # type: ignore[attr-defined]
-    assert retries.get(cause, 0) > 0, retries
+    if kind != "reset":  # aiohttp itself retries a reset on a reused connection, once
+        assert retries[cause] > 0, retries
 
 
 async def test_responses_slower_than_the_timeout_are_retried(tmp_path: Path) -> None:
     config = SimulatorConfig(
         **BASE, faults=FaultSpec.parse("slow=0.05,slow-s=5,spike=0.1,spike-ms=50")
     )
-    result = await _archive_and_check(config, tmp_path, timeout=0.5)
+    result = await _archive_and_check(config, tmp_path, timeout=1.0)
     assert result["manifest"].requests["retries"]["timeout"] > 0  # type: ignore[attr-defined]
 
 
@@ -111,18 +114,23 @@ async def test_default_budget_never_draws_a_429_from_production_limits(
     assert read_type(archive_folder(tmp_path, exp), "events") == expected_type(sim, "events", exp)
 
 
-async def test_a_client_allowed_too_much_obeys_429_and_retry_after(tmp_path: Path) -> None:
-    # The minute lasts 2 s: 100 requests per 2 s per endpoint, which a client with no budget of
-    # its own exceeds within the first window (eyetracking needs 101 pages of 20).
+async def test_rate_limit_headers_keep_a_client_allowed_too_much_under_the_limit(
+    tmp_path: Path,
+) -> None:
+    # The minute lasts 2 s: 100 requests per 2 s per endpoint. The client is told it may send
+    # far more, but X-RateLimit-Remaining/Reset make it pause before the server has to refuse.
     config = SimulatorConfig(seed=12, rooms=2, records=100, rate_limit=30.0, rate_window="sliding")
     async with serve(config) as sim:
         exp = sim.experiment_ids[0]
         settings = settings_for(sim, tmp_path, page_size=20, data_types="eyetracking")
         async with Downloader(settings) as downloader:
             manifest = await downloader.archive(exp)
+            paused = downloader.api.budget.counters.paused_seconds
         stats = sim.stats()
     assert manifest.complete
-    assert stats["rate_limited"] > 0
+    assert stats["total"] > 100
+    assert paused > 0
+    assert stats["rate_limited"] <= stats["total"] // 100
     assert stats["during_retry_after"] == 0
     assert read_type(archive_folder(tmp_path, exp), "eyetracking") == expected_type(
         sim, "eyetracking", exp

@@ -53,7 +53,7 @@ def decode_page(body: bytes, *, requested_offset: int, requested_limit: int) -> 
     if not isinstance(document, dict) or not isinstance(document.get("data"), list):
         raise ContractError("response has no 'data' list")
     records: list[Any] = document["data"]
-    if not all(isinstance(record, dict) for record in records):
+    if set(map(type, records)) - {dict}:
         raise ContractError("'data' holds something other than JSON objects")
     metadata = document.get("metadata")
     pagination = metadata.get("pagination") if isinstance(metadata, dict) else None

@@ -9,6 +9,7 @@ claims a file that is not complete. It never holds the API key. Knows nothing of
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import orjson
 from hyperstudy_bulk._version import __version__
 
 MANIFEST_NAME = "manifest.json"
+STATE_DIR = ".state"
 FORMAT = "hyperstudy-bulk/1"
 
 
@@ -47,6 +49,11 @@ class StreamEntry:
     pages: int = 0
     requests: int = 0
     bytes: int = 0
+    duplicates_dropped: int = 0
+    """Records not written again because a page repeated an id (offsets shifted mid-crawl)."""
+    server_duplicates: int = 0
+    """Ids the server itself returned twice within one page (counted in its total)."""
+    refetches: int = 0
     warnings: list[str] = field(default_factory=list)
     files: list[FileEntry] = field(default_factory=list)
     open_part: str | None = None
@@ -86,6 +93,52 @@ class Manifest:
         return [stream for stream in self.streams if stream.status != "complete"]
 
 
+@dataclass
+class Checkpoint:
+    """A stream's resume state, saved after every page: what is safely on disk and where the
+    next page starts. The open part's sha256 covers exactly its first `bytes` bytes."""
+
+    key: str
+    next_offset: int = 0
+    done: bool = False
+    """The server's last page has been written; only finishing the files is left."""
+    total: int | None = None
+    records: int = 0
+    pages: int = 0
+    requests: int = 0
+    refetches: int = 0
+    duplicates: int = 0
+    """Records dropped because a page repeated an id already written (offsets shifted)."""
+    server_duplicates: int = 0
+    """Ids repeated within one response: duplicates in the server's own data."""
+    files: list[FileEntry] = field(default_factory=list)
+    part: FileEntry | None = None
+    recent_ids: list[Any] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def save(self, folder: Path) -> None:
+        atomic_write(checkpoint_path(folder, self.key), orjson.dumps(dataclasses.asdict(self)))
+
+
+def checkpoint_path(folder: Path, key: str) -> Path:
+    return folder / STATE_DIR / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
+
+
+def load_checkpoint(folder: Path, key: str) -> Checkpoint | None:
+    """The stream's checkpoint, or None when there is none (or it cannot be read)."""
+    try:
+        document = orjson.loads(checkpoint_path(folder, key).read_bytes())
+        part = document.pop("part")
+        files = [FileEntry(**f) for f in document.pop("files")]
+        return Checkpoint(**document, files=files, part=FileEntry(**part) if part else None)
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def drop_checkpoint(folder: Path, key: str) -> None:
+    checkpoint_path(folder, key).unlink(missing_ok=True)
+
+
 def load_manifest(folder: Path) -> Manifest:
     """Read `folder/manifest.json` (raises OSError or ValueError when missing or damaged)."""
     document = orjson.loads((folder / MANIFEST_NAME).read_bytes())
@@ -98,6 +151,7 @@ def load_manifest(folder: Path) -> Manifest:
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Replace `path` with `data` so that a crash leaves either the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:

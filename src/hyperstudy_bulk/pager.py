@@ -1,48 +1,45 @@
-"""Fetch one stream's pages: the first alone, then the rest several at a time, written in order.
+"""Fetch one stream's pages: the first alone, then the rest several at a time, handed on in order.
 
 The first page tells the total and the effective limit; from then on up to `lookahead` pages
 are in flight, their offsets guessed with `pagination.next_requests` and checked against what
-the server says. Each page is re-encoded to NDJSON as soon as it arrives (the decoded objects
-are dropped), and chunks are handed to `on_chunk` strictly in offset order, so records land on
-disk in the order the API serves them and memory is bounded by `lookahead` encoded pages.
+the server says. Each page is re-encoded to NDJSON lines as soon as it arrives (the decoded
+objects are dropped), and chunks are handed to `on_chunk` strictly in offset order, so records
+land on disk in the order the API serves them and memory is bounded by `lookahead` pages.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from hyperstudy_bulk.client import ApiClient
 from hyperstudy_bulk.pagination import check_progress, next_requests
 from hyperstudy_bulk.plan import StreamSpec
-from hyperstudy_bulk.sinks import encode_records
+from hyperstudy_bulk.sinks import encode_record
 
 
 @dataclass(frozen=True)
 class Chunk:
-    """One page, ready to append: its NDJSON bytes and the server's pagination figures."""
+    """One page, ready to append: NDJSON lines, the records' ids, the server's figures."""
 
     offset: int
     end: int
     total: int
     limit: int
     has_more: bool
-    records: int
-    ndjson: bytes
-    ids: tuple[Any, ...]
-    """The records' id field values (None where a record has none), for discovery and checks."""
+    lines: list[bytes]
+    ids: list[Any]
+    """The id field of each record (None where a record has none; all None for a type
+    without an id field)."""
     warnings: tuple[str, ...]
 
 
 @dataclass
 class StreamProgress:
-    """What a stream has done so far; the runner copies it into the manifest."""
+    """Requests a stream made, for the manifest and the progress display."""
 
-    total: int | None = None
-    records: int = 0
-    pages: int = 0
     requests: int = 0
     wasted_requests: int = 0
     warnings: list[str] = field(default_factory=list)
@@ -53,12 +50,13 @@ async def fetch_stream(
     spec: StreamSpec,
     params: Mapping[str, str],
     *,
+    start: int = 0,
     page_size: int,
     lookahead: int,
-    on_chunk: Callable[[Chunk], None],
+    on_chunk: Callable[[Chunk], Awaitable[None]],
     progress: StreamProgress,
 ) -> None:
-    """Fetch every page of `spec` from offset 0, calling `on_chunk` for each in order.
+    """Fetch every page of `spec` from offset `start`, awaiting `on_chunk` for each in order.
 
     Raises the first error a page ends with (after its retries); pages still in flight are
     cancelled, so cancelling this coroutine leaves nothing running.
@@ -75,21 +73,17 @@ async def fetch_stream(
             total=page.total,
             limit=page.limit,
             has_more=page.has_more,
-            records=page.returned,
-            ndjson=encode_records(page.records),
-            ids=tuple(record.get(id_field) for record in page.records) if id_field else (),
+            lines=[encode_record(record) for record in page.records],
+            ids=[record.get(id_field) for record in page.records] if id_field else [],
             warnings=page.warnings,
         )
 
-    def accept(chunk: Chunk) -> None:
-        progress.total = chunk.total
-        progress.pages += 1
-        progress.records += chunk.records
+    async def accept(chunk: Chunk) -> None:
         progress.warnings.extend(w for w in chunk.warnings if w not in progress.warnings)
-        on_chunk(chunk)
+        await on_chunk(chunk)
 
-    chunk = await fetch(0, page_size)
-    accept(chunk)
+    chunk = await fetch(start, page_size)
+    await accept(chunk)
     stride = max(1, chunk.limit)
     in_flight: dict[int, tuple[int, asyncio.Task[Chunk]]] = {}
     try:
@@ -106,7 +100,7 @@ async def fetch_stream(
                 in_flight[request.offset] = (request.limit, task)
             _, task = in_flight.pop(frontier)
             chunk = await task
-            accept(chunk)
+            await accept(chunk)
             for offset in [offset for offset in in_flight if offset < chunk.end]:
                 progress.wasted_requests += 1
                 in_flight.pop(offset)[1].cancel()

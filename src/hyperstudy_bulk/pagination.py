@@ -11,8 +11,9 @@ skips ahead of a guess.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from hyperstudy_bulk.errors import ContractError
 
@@ -64,3 +65,39 @@ def check_progress(*, offset: int, end: int, total: int, has_more: bool) -> None
 def pages_needed(total: int, limit: int) -> int:
     """Requests a stream of `total` records needs at `limit` per page (an empty one needs 1)."""
     return max(1, -(-total // max(1, limit)))
+
+
+@dataclass(frozen=True)
+class Kept:
+    """Which records of a page to write, and why the others were dropped."""
+
+    indices: list[int]
+    repeated: int
+    """Ids already written on the previous page: the offsets shifted between two requests."""
+    server_repeated: int
+    """Ids repeated within this one response: duplicates in the server's own data."""
+
+
+def drop_repeats(ids: Sequence[Any], previous: Collection[Any]) -> Kept:
+    """Keep each record whose id was neither on the previous page nor earlier on this one.
+
+    Records without an id (None, or an id that is not a plain value) are always kept. Only the
+    previous page is consulted: with the crawl bounded by a snapshot time, rows inserted later
+    shift offsets by a few places, so a repeat can only straddle one page boundary; memory stays
+    bounded by a page whatever the stream's length.
+    """
+    seen: set[Any] = set()
+    kept: list[int] = []
+    repeated = server_repeated = 0
+    for index, identifier in enumerate(ids):
+        if identifier is None or not isinstance(identifier, str | int):
+            kept.append(index)
+        elif identifier in seen:
+            server_repeated += 1
+        elif identifier in previous:
+            seen.add(identifier)
+            repeated += 1
+        else:
+            seen.add(identifier)
+            kept.append(index)
+    return Kept(kept, repeated, server_repeated)

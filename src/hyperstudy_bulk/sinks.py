@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -42,14 +42,14 @@ def safe_name(identifier: str) -> str:
     return encoded
 
 
-def encode_records(records: list[dict[str, Any]]) -> bytes:
-    """NDJSON bytes for records: one compact JSON object per line."""
-    return b"".join(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE) for record in records)
+def encode_record(record: dict[str, Any]) -> bytes:
+    """One NDJSON line: the record as compact JSON (same keys, order and values) and a newline."""
+    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
 
 
 @dataclass(frozen=True)
 class FileResult:
-    """A finished file: its path relative to the archive, and what it holds."""
+    """A file's path relative to the archive, and what it holds (so far, for an open part)."""
 
     path: str
     records: int
@@ -57,24 +57,59 @@ class FileResult:
     sha256: str
 
 
-class PartWriter:
-    """Appends NDJSON to one part file, hashing as it goes; `finish()` makes it visible."""
+class ResumeMismatch(Exception):
+    """An open part on disk no longer matches its checkpoint: the stream must start over."""
 
-    def __init__(self, root: Path, relative: str) -> None:
+
+class PartWriter:
+    """Appends NDJSON to `<path>.part`, hashing as it goes; `finish()` makes it `<path>`.
+
+    Given `resume` (the checkpointed state of this part), the `.part` file is cut back to the
+    checkpointed length (dropping a torn last line or an unrecorded page) and its content is
+    re-hashed; ResumeMismatch is raised if it is shorter or its hash differs.
+    """
+
+    def __init__(self, root: Path, relative: str, *, resume: FileResult | None = None) -> None:
         self.relative = relative
         self._final = root / relative
         self._final.parent.mkdir(parents=True, exist_ok=True)
         self._temp = self._final.with_name(self._final.name + PART_SUFFIX)
-        self._file = self._temp.open("wb")
         self._hash = hashlib.sha256()
         self.records = 0
         self.bytes = 0
+        self._file: BinaryIO
+        if resume is None:
+            self._file = self._temp.open("wb")
+            return
+        try:
+            self._file = self._temp.open("r+b")
+        except FileNotFoundError:
+            raise ResumeMismatch(f"{self._temp.name} is missing") from None
+        self._file.seek(0, os.SEEK_END)
+        if self._file.tell() < resume.bytes:
+            self._file.close()
+            raise ResumeMismatch(f"{self._temp.name} is shorter than its checkpoint")
+        self._file.truncate(resume.bytes)
+        self._file.seek(0)
+        for block in iter(lambda: self._file.read(1 << 20), b""):
+            self._hash.update(block)
+        if self._hash.hexdigest() != resume.sha256:
+            self._file.close()
+            raise ResumeMismatch(f"{self._temp.name} does not match its checkpoint")
+        self.records = resume.records
+        self.bytes = resume.bytes
 
     def write(self, chunk: bytes, records: int) -> None:
+        """Append and make it durable (the checkpoint written next must never outrun it)."""
         self._file.write(chunk)
+        self._file.flush()
+        os.fsync(self._file.fileno())
         self._hash.update(chunk)
         self.records += records
         self.bytes += len(chunk)
+
+    def state(self) -> FileResult:
+        return FileResult(self.relative, self.records, self.bytes, self._hash.hexdigest())
 
     def finish(self) -> FileResult:
         """Flush, fsync and rename into place; the file is complete from here on."""
@@ -82,37 +117,51 @@ class PartWriter:
         os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self._temp, self._final)
-        return FileResult(self.relative, self.records, self.bytes, self._hash.hexdigest())
+        return self.state()
 
-    def abandon(self) -> None:
-        """Close without publishing: the `.part` file stays, and the manifest says incomplete."""
+    def close(self) -> None:
+        """Close without publishing: the `.part` stays for a later resume."""
         if not self._file.closed:
-            self._file.flush()
             self._file.close()
 
 
 class StreamSink:
     """All the files of one stream: `<stem>-00001.ndjson`, `-00002`, ... each up to
-    `part_max_bytes` (a page is never split across parts)."""
+    `part_max_bytes` (a page is never split across parts). `files` and `part` resume a sink
+    from its checkpoint; `first_part` numbers the parts of a later update after the earlier."""
 
-    def __init__(self, root: Path, stem: str, *, part_max_bytes: int) -> None:
+    def __init__(
+        self,
+        root: Path,
+        stem: str,
+        *,
+        part_max_bytes: int,
+        files: list[FileResult] | None = None,
+        part: FileResult | None = None,
+        first_part: int = 1,
+    ) -> None:
         self._root = root
         self._stem = stem
         self._part_max = part_max_bytes
-        self._writer: PartWriter | None = None
-        self.files: list[FileResult] = []
+        self._first = first_part
+        self.files: list[FileResult] = list(files or [])
+        self._writer = PartWriter(root, part.path, resume=part) if part else None
 
     def _part_name(self) -> str:
-        return f"{self._stem}-{len(self.files) + 1:05d}.ndjson"
+        return f"{self._stem}-{self._first + len(self.files):05d}.ndjson"
 
     def write(self, ndjson: bytes, records: int) -> None:
-        """Append one page's NDJSON (from `encode_records`)."""
+        """Append one page's NDJSON, durably."""
         if self._writer is None:
             self._writer = PartWriter(self._root, self._part_name())
         self._writer.write(ndjson, records)
         if self._writer.bytes >= self._part_max:
             self.files.append(self._writer.finish())
             self._writer = None
+
+    @property
+    def open_part(self) -> FileResult | None:
+        return self._writer.state() if self._writer else None
 
     def finish(self) -> list[FileResult]:
         """Publish the last part (an empty stream still gets one empty file, so the archive
@@ -123,11 +172,18 @@ class StreamSink:
             self._writer = None
         return self.files
 
-    def abandon(self) -> None:
+    def close(self) -> None:
         if self._writer is not None:
-            self._writer.abandon()
+            self._writer.close()
             self._writer = None
 
-    @property
-    def open_part(self) -> str | None:
-        return self._writer.relative + PART_SUFFIX if self._writer else None
+    def discard(self) -> None:
+        """Delete every file of this sink, published or not (before fetching it again)."""
+        self.close()
+        for result in self.files:
+            (self._root / result.path).unlink(missing_ok=True)
+        self.files = []
+        prefix = Path(self._stem).name + "-"
+        for leftover in self._root.glob(f"{self._stem}-[0-9][0-9][0-9][0-9][0-9].ndjson*"):
+            if int(leftover.name[len(prefix) : len(prefix) + 5]) >= self._first:
+                leftover.unlink()

@@ -38,9 +38,11 @@ class Survey:
 
 async def _ids(api: ApiClient, spec: StreamSpec, settings: Settings) -> tuple[list[str], int]:
     ids: list[str] = []
-    progress = StreamProgress()
+    total = 0
 
-    def collect(chunk: Chunk) -> None:
+    async def collect(chunk: Chunk) -> None:
+        nonlocal total
+        total = chunk.total
         ids.extend(str(i) for i in chunk.ids if i is not None)
 
     await fetch_stream(
@@ -50,9 +52,9 @@ async def _ids(api: ApiClient, spec: StreamSpec, settings: Settings) -> tuple[li
         page_size=settings.page_size,
         lookahead=settings.concurrency,
         on_chunk=collect,
-        progress=progress,
+        progress=StreamProgress(),
     )
-    return ids, progress.total or 0
+    return ids, total
 
 
 async def survey_experiment(api: ApiClient, settings: Settings, experiment_id: str) -> Survey:
