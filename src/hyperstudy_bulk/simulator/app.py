@@ -4,7 +4,7 @@ Routing matches the raw (still percent-encoded) path and unquotes each segment, 
 "/", "..", "\\" or control characters round-trip when clients percent-encode them.
 Pipeline of an API request: count attempt -> latency -> auth -> scope -> Retry-After bookkeeping
 -> 429 burst -> rate limit -> fault draw -> handler. /health is open and never limited or faulted;
-/_sim/* admin routes are neither counted, limited nor faulted.
+/_sim/* admin routes (stats, reset, faults, mutate) are neither counted, limited nor faulted.
 """
 
 from __future__ import annotations
@@ -143,16 +143,17 @@ class Simulator:
         room_id: str | None = None,
     ) -> list[Record]:
         """Dataset.mutate at the clock's now; cached pages are dropped so none is served stale."""
-        added = self.dataset.mutate(
-            experiment_id,
-            data_type,
-            append=append,
-            insert=insert,
-            now_ms=_now_ms(self),
-            room_id=room_id,
-        )
-        self.cache.clear()
-        return added
+        try:
+            return self.dataset.mutate(
+                experiment_id,
+                data_type,
+                append=append,
+                insert=insert,
+                now_ms=_now_ms(self),
+                room_id=room_id,
+            )
+        finally:  # also after a failure part-way, which may have added some records
+            self.cache.clear()
 
     def reset(self) -> None:
         """Zero counters, rate-limit windows, bursts and fault attempt numbers. Mutations stay:

@@ -583,8 +583,9 @@ class Dataset:
         every later offset of the experiment, the room and the owning participant shifts by one.
         `append` records are new: each is later than every record of the type in the
         experiment and at least now_ms, so a crawl bounded by endTime = its start never sees
-        them while one starting there does. Rooms, slots and timestamps are drawn from the seed
-        and the number of records added so far, so the same calls give the same records.
+        them while one starting there does. Rooms, slots and insert timestamps are drawn from the
+        seed and the number of records added so far, so the same calls (at the same now_ms)
+        give the same records.
         Participants and rooms are entities, not streams, and cannot be mutated.
         """
         experiment = self.experiment(experiment_id)
