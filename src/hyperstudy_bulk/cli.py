@@ -1,16 +1,18 @@
 """`hyperstudy-bulk`: argv -> Settings -> runner; exit codes; one-line messages.
 
-Exit codes: 0 archive complete; 1 finished but incomplete; 2 usage, configuration or input
-error (including an unknown experiment); 3 authentication or permission refused (401/403);
-130 interrupted (Ctrl-C).
+Exit codes: 0 archive complete; 1 finished but incomplete (verify: the archive is not whole);
+2 usage, configuration or input error (including an unknown experiment); 3 authentication or
+permission refused (401/403); 130 / 143 stopped by SIGINT (Ctrl-C) / SIGTERM, archive
+consistent and resumable.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -26,6 +28,7 @@ from hyperstudy_bulk.progress import Monitor, make_renderer, summary_table
 from hyperstudy_bulk.runner import ExperimentNotFound
 from hyperstudy_bulk.sinks import safe_name
 from hyperstudy_bulk.survey import survey_experiment
+from hyperstudy_bulk.verify import verify_archive
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 _FLAGS = {"quiet", "verbose", "allow_insecure_http"}
@@ -68,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="archive a demo experiment from the built-in simulator")
     demo.add_argument("--out", default="hyperstudy-demo", help="folder for the demo archive")
     demo.add_argument("--progress", default=None, help="auto, bar, log or none")
+    verify = commands.add_parser("verify", help="check an archive against its manifest")
+    verify.add_argument("archive", type=Path, metavar="DIR/EXPERIMENT_ID")
     commands.add_parser(
         "simulate", help="run the API simulator (see simulate --help)", add_help=False
     )
@@ -86,14 +91,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return done.code if isinstance(done.code, int) else EXIT_USAGE
     try:
         if args.command == "demo":
-            return asyncio.run(_demo(Path(args.out), args.progress))
+            return asyncio.run(_interruptible(_demo(Path(args.out), args.progress)))
+        if args.command == "verify":
+            return _verify(args.archive)
         settings = load_settings(
             {o.name: getattr(args, o.name, None) for o in OPTIONS}, config_file=args.config
         )
         ids = [_check_id(experiment_id) for experiment_id in args.experiment_ids]
         if args.command == "plan":
             return asyncio.run(_plan(settings, ids))
-        return asyncio.run(download_command(settings, ids))
+        return asyncio.run(_interruptible(download_command(settings, ids)))
     except KeyboardInterrupt:
         _say("interrupted; run the same command again to finish the archive")
         return EXIT_INTERRUPTED
@@ -123,6 +130,51 @@ async def _demo(out: Path, progress: str | None) -> int:
             f"{sim.experiment_ids[0]} into {out}/"
         )
         return await download_command(settings, sim.experiment_ids[:1])
+
+
+async def _interruptible(work: Coroutine[object, object, int]) -> int:
+    """Run `work`; SIGINT or SIGTERM cancel it (the runner saves a consistent manifest on the
+    way out) and turn into exit code 128 + the signal's number."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    received: list[int] = []
+
+    def stop(signum: int) -> None:
+        received.append(signum)
+        task.cancel()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop, signum)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        name = signal.Signals(received[0]).name
+        _say(f"stopped by {name}; the archive is consistent: run the same command again to resume")
+        return 128 + received[0]
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+def _verify(folder: Path) -> int:
+    try:
+        report = verify_archive(folder)
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        _say(f"{folder} is not an archive: {folder / MANIFEST_NAME} cannot be read ({error})")
+        return EXIT_USAGE
+    for problem in report.problems:
+        print(problem)
+    if report.whole:
+        print(
+            f"archive is whole: {report.files} files and {report.records:,} records match "
+            f"{folder / MANIFEST_NAME}"
+        )
+        return EXIT_OK
+    print(f"archive is NOT whole: {len(report.problems)} problem(s) in {folder}")
+    return EXIT_INCOMPLETE
 
 
 def _check_id(experiment_id: str) -> str:

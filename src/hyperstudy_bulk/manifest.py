@@ -99,9 +99,13 @@ class Checkpoint:
     next page starts. The open part's sha256 covers exactly its first `bytes` bytes."""
 
     key: str
+    end_time: str | None = None
+    """The snapshot the offsets belong to; a checkpoint of another snapshot is not resumed."""
     next_offset: int = 0
     done: bool = False
     """The server's last page has been written; only finishing the files is left."""
+    complete: bool = False
+    """The files are published: the stream is complete even if the manifest never said so."""
     total: int | None = None
     records: int = 0
     pages: int = 0

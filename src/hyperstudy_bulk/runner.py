@@ -14,6 +14,7 @@ with the true state of every stream before this returns or raises.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 from collections import deque
@@ -144,6 +145,10 @@ class _Run:
             return await self._ids_only(spec, on_ids or (lambda ids: None))
         entry = self.entry_for(spec)
         figures = self.monitor.of(spec.data_type.folder)
+        checkpoint = self._checkpoint(spec)
+        if checkpoint.complete and entry.status != "complete":
+            entry.files, entry.status = checkpoint.files, "complete"
+            self._summarise(entry, checkpoint)
         if entry.status == "complete":
             if on_ids is not None:
                 on_ids(self._ids_on_disk(spec, entry.files))
@@ -153,7 +158,6 @@ class _Run:
             return None
         entry.status, entry.error = "pending", None
         entry.started_at = iso_utc(datetime.now(UTC))
-        checkpoint = load_checkpoint(self.folder, spec.key) or Checkpoint(spec.key)
         failure: HyperStudyBulkError | None = None
         try:
             failure = await self._fill(spec, entry, checkpoint, on_ids)
@@ -182,10 +186,11 @@ class _Run:
                     await self._fetch(spec, entry, checkpoint, sink, on_ids)
                 expected = (checkpoint.total or 0) - checkpoint.server_duplicates
                 if checkpoint.records == expected:
-                    entry.files = _entries(await _uninterrupted(sink.finish))
-                    entry.status = "complete"
+                    checkpoint.files = _entries(await _uninterrupted(sink.finish))
+                    checkpoint.part, checkpoint.complete = None, True
+                    await _uninterrupted(functools.partial(checkpoint.save, self.folder))
+                    entry.files, entry.status = checkpoint.files, "complete"
                     self._summarise(entry, checkpoint)
-                    drop_checkpoint(self.folder, spec.key)
                     return None
             finally:
                 sink.close()
@@ -196,7 +201,7 @@ class _Run:
                     f"records arrived, after {checkpoint.refetches} refetches"
                 )
             sink.discard()
-            checkpoint = Checkpoint(spec.key, refetches=checkpoint.refetches + 1)
+            checkpoint = self._fresh(spec, refetches=checkpoint.refetches + 1)
 
     def _open_sink(self, spec: StreamSpec, checkpoint: Checkpoint) -> tuple[StreamSink, Checkpoint]:
         """The stream's sink, resumed from the checkpoint when its files still match it;
@@ -213,10 +218,20 @@ class _Run:
                 )
                 return sink, checkpoint
             except ResumeMismatch:
-                checkpoint = Checkpoint(spec.key, refetches=checkpoint.refetches)
+                checkpoint = self._fresh(spec, refetches=checkpoint.refetches)
         sink = StreamSink(self.folder, spec.stem, part_max_bytes=part_max)
         sink.discard()
         return sink, checkpoint
+
+    def _checkpoint(self, spec: StreamSpec) -> Checkpoint:
+        """The stream's checkpoint if it belongs to this archive's snapshot, else a fresh one."""
+        saved = load_checkpoint(self.folder, spec.key)
+        if saved is not None and saved.end_time == self.manifest.snapshot_end_time:
+            return saved
+        return self._fresh(spec)
+
+    def _fresh(self, spec: StreamSpec, *, refetches: int = 0) -> Checkpoint:
+        return Checkpoint(spec.key, end_time=self.manifest.snapshot_end_time, refetches=refetches)
 
     async def _fetch(
         self,
@@ -237,6 +252,9 @@ class _Run:
             lines = chunk.lines if kept is None else [chunk.lines[i] for i in kept.indices]
             data = b"".join(lines)
             _advance(checkpoint, chunk, kept, len(lines), progress)
+
+            if not self.saved_at:
+                self.save(force=True, create=True)
 
             def persist() -> None:
                 sink.write(data, len(lines))
@@ -332,12 +350,12 @@ class _Run:
         figures.incomplete += entry.status != "complete"
         self.save(force=False)
 
-    def save(self, *, force: bool) -> None:
+    def save(self, *, force: bool, create: bool = False) -> None:
         """Save the manifest at most once a second while running, and always when forced.
-        Before the first data file exists there is nothing to describe: a run refused at its
-        first request leaves no folder behind."""
+        Until the first page is about to be written (`create`) there is nothing to describe:
+        a run refused at its first request leaves no folder behind."""
         now = time.monotonic()
-        if not self.folder.exists():
+        if not (create or self.folder.exists()):
             return
         if force or now - self.saved_at >= 1.0:
             self.manifest.updated_at = iso_utc(datetime.now(UTC))
@@ -460,6 +478,9 @@ async def archive_experiment(
         run.save(force=True)
         raise
     run.save(force=True)
+    for entry in manifest.streams:
+        if entry.status == "complete":
+            drop_checkpoint(folder, entry.key)
     return manifest
 
 

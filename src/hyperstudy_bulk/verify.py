@@ -1,0 +1,102 @@
+"""`hyperstudy-bulk verify`: does the archive on disk still say what its manifest says?
+
+Re-hashes every file listed, counts its records (every line must be a JSON object), and looks
+for NDJSON files the manifest does not list. Knows nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from hyperstudy_bulk.manifest import MANIFEST_NAME, load_manifest
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    stream: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message} (stream {self.stream})"
+
+
+@dataclass(frozen=True)
+class Report:
+    files: int
+    records: int
+    problems: list[Problem]
+
+    @property
+    def whole(self) -> bool:
+        return not self.problems
+
+
+def verify_archive(folder: Path) -> Report:
+    """Check every stream and file of the archive in `folder`. Raises OSError/ValueError when
+    the manifest itself is missing or unreadable."""
+    manifest = load_manifest(folder)
+    problems: list[Problem] = []
+    files = records = 0
+    listed: set[str] = set()
+    for stream in manifest.streams:
+        if stream.status != "complete":
+            problems.append(
+                Problem(MANIFEST_NAME, stream.key, f"stream is {stream.status}: {stream.error}")
+            )
+        for entry in stream.files:
+            listed.add(entry.path)
+            files += 1
+            path = folder / entry.path
+            if not path.is_file():
+                problems.append(Problem(entry.path, stream.key, "file is missing"))
+                continue
+            found, digest, size, bad_line = _scan(path)
+            records += found
+            if size != entry.bytes:
+                problems.append(
+                    Problem(entry.path, stream.key, f"{size} bytes, manifest says {entry.bytes}")
+                )
+            if digest != entry.sha256:
+                problems.append(Problem(entry.path, stream.key, "sha256 differs from the manifest"))
+            if found != entry.records:
+                problems.append(
+                    Problem(
+                        entry.path, stream.key, f"{found} records, manifest says {entry.records}"
+                    )
+                )
+            if bad_line is not None:
+                problems.append(
+                    Problem(entry.path, stream.key, f"line {bad_line} is not a JSON object")
+                )
+    for path in sorted(folder.rglob("*.ndjson")):
+        relative = str(path.relative_to(folder))
+        if relative not in listed:
+            problems.append(Problem(relative, "-", "not listed in the manifest"))
+    return Report(files, records, problems)
+
+
+def _scan(path: Path) -> tuple[int, str, int, int | None]:
+    """Records, sha256, size, and the first line that is not a JSON object (or None)."""
+    digest = hashlib.sha256()
+    size = lines = 0
+    bad: int | None = None
+    with path.open("rb") as stream:
+        for line in stream:
+            digest.update(line)
+            size += len(line)
+            lines += 1
+            if bad is None and not _is_object(line):
+                bad = lines
+    return lines, digest.hexdigest(), size, bad
+
+
+def _is_object(line: bytes) -> bool:
+    try:
+        return isinstance(orjson.loads(line), dict)
+    except orjson.JSONDecodeError:
+        return False
