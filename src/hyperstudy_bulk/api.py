@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime
 from types import TracebackType
 from typing import Self, TypeVar
 
@@ -80,10 +81,24 @@ class Downloader:
             retries=lambda: sum(self.api.stats.retries.values()),
         )
 
-    async def archive(self, experiment_id: str, *, monitor: Monitor | None = None) -> Manifest:
-        """Archive one experiment; see `runner.archive_experiment` for what is raised."""
+    async def archive(
+        self,
+        experiment_id: str,
+        *,
+        monitor: Monitor | None = None,
+        update: bool = False,
+        now: datetime | None = None,
+    ) -> Manifest:
+        """Archive one experiment (or resume, or confirm it unchanged); with `update`, add what
+        is new since the archive's last snapshot. `now` fixes the snapshot time (default: the
+        clock). See `runner.archive_experiment` for what is raised."""
         return await archive_experiment(
-            self.api, self.settings, experiment_id, monitor=monitor or self.monitor()
+            self.api,
+            self.settings,
+            experiment_id,
+            monitor=monitor or self.monitor(),
+            update=update,
+            now=now,
         )
 
 

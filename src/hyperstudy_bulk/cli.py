@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
@@ -23,7 +24,7 @@ from hyperstudy_bulk._version import __version__
 from hyperstudy_bulk.api import Downloader
 from hyperstudy_bulk.config import OPTIONS, Settings, load_settings
 from hyperstudy_bulk.errors import AuthError, ConfigError, HyperStudyBulkError
-from hyperstudy_bulk.manifest import MANIFEST_NAME, Manifest
+from hyperstudy_bulk.manifest import MANIFEST_NAME, Manifest, load_manifest
 from hyperstudy_bulk.progress import Monitor, make_renderer, summary_table
 from hyperstudy_bulk.runner import ExperimentNotFound
 from hyperstudy_bulk.sinks import safe_name
@@ -63,7 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     download = commands.add_parser("download", help="archive experiments into --out")
-    download.add_argument("experiment_ids", nargs="+", metavar="EXPERIMENT_ID")
+    download.add_argument(
+        "experiment_ids",
+        nargs="+",
+        metavar="EXPERIMENT_ID",
+        help="experiment ids; with --update, archive folders (DIR/EXPERIMENT_ID)",
+    )
+    download.add_argument(
+        "--update",
+        action="store_true",
+        help="add what is new since each archive's last snapshot, leaving what is there as is",
+    )
     _add_options(download)
     plan = commands.add_parser("plan", help="show what download would fetch, without fetching")
     plan.add_argument("experiment_ids", nargs="+", metavar="EXPERIMENT_ID")
@@ -97,9 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(
             {o.name: getattr(args, o.name, None) for o in OPTIONS}, config_file=args.config
         )
-        ids = [_check_id(experiment_id) for experiment_id in args.experiment_ids]
         if args.command == "plan":
-            return asyncio.run(_plan(settings, ids))
+            return asyncio.run(_plan(settings, [_check_id(i) for i in args.experiment_ids]))
+        if args.update:
+            return asyncio.run(_interruptible(update_command(settings, args.experiment_ids)))
+        ids = [_check_id(experiment_id) for experiment_id in args.experiment_ids]
         return asyncio.run(_interruptible(download_command(settings, ids)))
     except KeyboardInterrupt:
         _say("interrupted; run the same command again to finish the archive")
@@ -144,8 +157,13 @@ async def _interruptible(work: Coroutine[object, object, int]) -> int:
         received.append(signum)
         task.cancel()
 
+    handled: list[signal.Signals] = []
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop, signum)
+        try:
+            loop.add_signal_handler(signum, stop, signum)
+        except (RuntimeError, ValueError):  # not the main thread: the embedding program decides
+            continue
+        handled.append(signum)
     try:
         return await work
     except asyncio.CancelledError:
@@ -155,7 +173,7 @@ async def _interruptible(work: Coroutine[object, object, int]) -> int:
         _say(f"stopped by {name}; the archive is consistent: run the same command again to resume")
         return 128 + received[0]
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in handled:
             loop.remove_signal_handler(signum)
 
 
@@ -192,7 +210,9 @@ def _say(message: str) -> None:
     sys.stderr.write(f"hyperstudy-bulk: {message}\n")
 
 
-async def download_command(settings: Settings, experiment_ids: Sequence[str]) -> int:
+async def download_command(
+    settings: Settings, experiment_ids: Sequence[str], *, update: bool = False
+) -> int:
     """Archive each experiment in turn; the exit code is the worst outcome."""
     log = _say if settings.verbose else (lambda message: None)
     worst = EXIT_OK
@@ -200,21 +220,44 @@ async def download_command(settings: Settings, experiment_ids: Sequence[str]) ->
     async with Downloader(settings, log=log) as downloader:
         for experiment_id in experiment_ids:
             monitor = downloader.monitor()
-            code = await _archive_one(downloader, experiment_id, monitor, out)
+            if not settings.quiet:
+                monitor.note = _say
+            code = await _archive_one(downloader, experiment_id, monitor, out, update=update)
             worst = max(worst, code)
-            if code == EXIT_AUTH and worst == EXIT_AUTH:
+            if code == EXIT_AUTH:
                 break
     return worst
 
 
+async def update_command(settings: Settings, folders: Sequence[str]) -> int:
+    """`download --update DIR/EXP ...`: each folder's manifest names its experiment, and its
+    parent is the --out."""
+    worst = EXIT_OK
+    for folder in map(Path, folders):
+        try:
+            experiment_id = load_manifest(folder).experiment_id
+        except (OSError, ValueError, TypeError, KeyError):
+            _say(f"{folder} is not an archive (no readable {MANIFEST_NAME}); download it first")
+            worst = max(worst, EXIT_USAGE)
+            continue
+        moved = dataclasses.replace(settings, out=folder.parent)
+        worst = max(worst, await download_command(moved, [experiment_id], update=True))
+    return worst
+
+
 async def _archive_one(
-    downloader: Downloader, experiment_id: str, monitor: Monitor, out: Console
+    downloader: Downloader,
+    experiment_id: str,
+    monitor: Monitor,
+    out: Console,
+    *,
+    update: bool,
 ) -> int:
     settings = downloader.settings
     renderer = make_renderer(settings.progress, monitor, quiet=settings.quiet)
     await renderer.start()
     try:
-        manifest = await downloader.archive(experiment_id, monitor=monitor)
+        manifest = await downloader.archive(experiment_id, monitor=monitor, update=update)
     except (ExperimentNotFound, ConfigError) as error:
         _say(str(error))
         return EXIT_USAGE

@@ -35,12 +35,19 @@ class FileEntry:
 
 @dataclass
 class StreamEntry:
+    """One stream over one window of time (see Manifest.snapshots)."""
+
     key: str
     data_type: str
     scope: str
     scope_id: str
     room_id: str | None
     params: dict[str, str]
+    stem: str = ""
+    """Archive-relative path of the stream's files, less the part number and suffix."""
+    window: int = 0
+    """Index into Manifest.snapshots: this entry holds the records up to that snapshot and
+    after the one before it (window 0: from the beginning)."""
     status: str = "pending"
     """pending (not finished), complete, or incomplete (see `error`)."""
     error: str | None = None
@@ -53,6 +60,8 @@ class StreamEntry:
     """Records not written again because a page repeated an id (offsets shifted mid-crawl)."""
     server_duplicates: int = 0
     """Ids the server itself returned twice within one page (counted in its total)."""
+    overlap: int = 0
+    """Records not written again because an earlier window of the archive holds them."""
     refetches: int = 0
     warnings: list[str] = field(default_factory=list)
     files: list[FileEntry] = field(default_factory=list)
@@ -67,7 +76,7 @@ class Manifest:
     experiment_id: str
     base_url: str
     snapshot_end_time: str
-    """Every time-ordered stream was bounded by endTime = this moment (UTC)."""
+    """The latest snapshot: every time-ordered stream is archived up to this moment (UTC)."""
     granularity: str
     page_size: int
     data_types: list[str]
@@ -75,6 +84,9 @@ class Manifest:
     updated_at: str
     streams: list[StreamEntry] = field(default_factory=list)
     complete: bool = False
+    snapshots: list[str] = field(default_factory=list)
+    """Every crawl's endTime, oldest first; `--update` appends one (window i of a stream holds
+    the records from snapshots[i-1] to snapshots[i])."""
     requests: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
     tool: dict[str, str] = field(
@@ -115,6 +127,8 @@ class Checkpoint:
     """Records dropped because a page repeated an id already written (offsets shifted)."""
     server_duplicates: int = 0
     """Ids repeated within one response: duplicates in the server's own data."""
+    overlap: int = 0
+    """Records the archive already held (the edge of an earlier window, a known entity)."""
     files: list[FileEntry] = field(default_factory=list)
     part: FileEntry | None = None
     recent_ids: list[Any] = field(default_factory=list)

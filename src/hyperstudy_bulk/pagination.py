@@ -74,30 +74,38 @@ class Kept:
     indices: list[int]
     repeated: int
     """Ids already written on the previous page: the offsets shifted between two requests."""
+    archived: int
+    """Ids the archive held before this window began (an overlap at the window's edge, or an
+    entity of a listing seen before)."""
     server_repeated: int
     """Ids repeated within this one response: duplicates in the server's own data."""
 
 
-def drop_repeats(ids: Sequence[Any], previous: Collection[Any]) -> Kept:
-    """Keep each record whose id was neither on the previous page nor earlier on this one.
+def drop_repeats(
+    ids: Sequence[Any], previous: Collection[Any], archived: Collection[Any] = ()
+) -> Kept:
+    """Keep each record whose id was not on the previous page, not in the archive already, and
+    not earlier on this page.
 
     Records without an id (None, or an id that is not a plain value) are always kept. Only the
-    previous page is consulted: with the crawl bounded by a snapshot time, rows inserted later
-    shift offsets by a few places, so a repeat can only straddle one page boundary; memory stays
-    bounded by a page whatever the stream's length.
+    previous page is consulted for shifts: with the crawl bounded by a snapshot time, rows
+    inserted later shift offsets by a few places, so a repeat can only straddle one page
+    boundary; memory stays bounded by a page whatever the stream's length.
     """
     seen: set[Any] = set()
     kept: list[int] = []
-    repeated = server_repeated = 0
+    repeated = overlap = server_repeated = 0
     for index, identifier in enumerate(ids):
         if identifier is None or not isinstance(identifier, str | int):
             kept.append(index)
         elif identifier in seen:
             server_repeated += 1
-        elif identifier in previous:
-            seen.add(identifier)
-            repeated += 1
         else:
             seen.add(identifier)
-            kept.append(index)
-    return Kept(kept, repeated, server_repeated)
+            if identifier in archived:
+                overlap += 1
+            elif identifier in previous:
+                repeated += 1
+            else:
+                kept.append(index)
+    return Kept(kept, repeated, overlap, server_repeated)

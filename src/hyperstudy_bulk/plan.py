@@ -53,12 +53,17 @@ class StreamSpec:
     def segments(self) -> tuple[str, ...]:
         return ("data", *self.data_type.path.split("/"), self.scope.value, self.scope_id)
 
-    def params(self, *, end_time: str | None) -> dict[str, str]:
+    def params(self, *, start_time: str | None = None, end_time: str | None) -> dict[str, str]:
+        """Query parameters for the window [start_time, end_time); listings of mutable
+        entities (rooms, participants) are not bounded in time."""
         params: dict[str, str] = {}
         if self.room_id is not None:
             params["roomId"] = self.room_id
-        if end_time is not None and self.data_type.time_filtered:
-            params["endTime"] = end_time
+        if self.data_type.time_filtered:
+            if start_time is not None:
+                params["startTime"] = start_time
+            if end_time is not None:
+                params["endTime"] = end_time
         return params
 
 

@@ -47,6 +47,8 @@ class Monitor:
     on_page: Callable[[str, int], None] = lambda data_type, records: None
     """Called after each page is written (data type folder, records in the page): for
     programs embedding the library that want progress pushed rather than polled."""
+    note: Callable[[str], None] = lambda message: None
+    """Told of things worth a line in the log (e.g. what checking a complete archive cost)."""
 
     def of(self, data_type: str) -> TypeProgress:
         return self.types.setdefault(data_type, TypeProgress())

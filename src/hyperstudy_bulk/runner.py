@@ -2,11 +2,15 @@
 checkpoint -> manifest. The CLI and the library's `download()` are thin layers over
 `archive_experiment`.
 
+An archive covers time up to its snapshot: every time-ordered stream is fetched with
+endTime = the moment the first crawl began, so records arriving meanwhile do not shift its
+pages. Running the same download again resumes an unfinished archive from its checkpoints, or,
+for a complete one, only asks for each data type's total to learn that nothing changed.
+`update=True` adds a window: from the last snapshot to now, into new part files, leaving what
+is there untouched.
+
 Streams run on a fixed pool of workers (bounded fan-out, so open files and buffered pages stay
-bounded however many rooms there are). Each page is appended, fsynced and checkpointed before
-the next is accepted, so a run killed at any moment resumes where it stopped: the same command
-finds the manifest and the checkpoints, cuts each open part back to its checkpoint, and asks
-only for what was not yet on disk. A stream that fails ends alone and is recorded as
+bounded however many rooms there are). A stream that fails ends alone and is recorded as
 incomplete; a 401 ends the run. Whatever happens, including cancellation, the manifest is saved
 with the true state of every stream before this returns or raises.
 """
@@ -14,54 +18,37 @@ with the true state of every stream before this returns or raises.
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
-
-import orjson
+from typing import Any
 
 from hyperstudy_bulk.client import ApiClient
 from hyperstudy_bulk.config import Granularity, Settings
-from hyperstudy_bulk.datatypes import PARTICIPANTS, ROOMS
-from hyperstudy_bulk.errors import ApiError, AuthError, ConfigError, HyperStudyBulkError
+from hyperstudy_bulk.datatypes import PARTICIPANTS, ROOMS, Scope, data_type_named
+from hyperstudy_bulk.errors import ApiError, ConfigError, HyperStudyBulkError
 from hyperstudy_bulk.manifest import (
     MANIFEST_NAME,
-    Checkpoint,
-    FileEntry,
     Manifest,
     StreamEntry,
     drop_checkpoint,
-    load_checkpoint,
     load_manifest,
 )
-from hyperstudy_bulk.pager import Chunk, StreamProgress, fetch_stream
-from hyperstudy_bulk.pagination import Kept, drop_repeats
 from hyperstudy_bulk.plan import Room, StreamSpec, choose_granularity, plan_streams
 from hyperstudy_bulk.progress import Monitor
-from hyperstudy_bulk.sinks import PART_SUFFIX, FileResult, ResumeMismatch, StreamSink, safe_name
-
-T = TypeVar("T")
+from hyperstudy_bulk.segments import OnIds, Segment, SegmentRunner, ids_in, summarise
+from hyperstudy_bulk.sinks import safe_name
 
 ROOMS_LISTING_CAP = 5000
 """The API lists at most this many rooms (contract §3.1): a longer list may be cut short."""
-MAX_REFETCHES = 2
-"""Times a stream whose records disagree with the server's total is fetched again."""
-
-OnIds = Callable[[Iterable[Any]], None]
 
 
 class ExperimentNotFound(HyperStudyBulkError):
     """The API does not know the experiment id (404 on its room listing)."""
-
-
-class IncompleteStream(HyperStudyBulkError):
-    """The stream ended without every record the server's total promised."""
 
 
 def iso_utc(moment: datetime) -> str:
@@ -85,25 +72,6 @@ def prepare_folder(out: Path, experiment_id: str) -> Path:
     return folder
 
 
-async def _uninterrupted(work: Callable[[], T]) -> T:
-    """Run blocking disk work in a thread; if cancelled meanwhile, let it finish first so no
-    file is closed under it, then propagate the cancellation."""
-    future = asyncio.ensure_future(asyncio.to_thread(work))
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        await asyncio.wait([future])
-        raise
-
-
-def _results(entries: Iterable[FileEntry]) -> list[FileResult]:
-    return [FileResult(e.path, e.records, e.bytes, e.sha256) for e in entries]
-
-
-def _entries(results: Iterable[FileResult]) -> list[FileEntry]:
-    return [FileEntry(r.path, r.records, r.bytes, r.sha256) for r in results]
-
-
 @dataclass
 class _Run:
     api: ApiClient
@@ -112,13 +80,36 @@ class _Run:
     manifest: Manifest
     monitor: Monitor
     saved_at: float = 0.0
-    entries: dict[str, StreamEntry] = field(default_factory=dict)
+    entries: dict[tuple[str, int], StreamEntry] = field(default_factory=dict)
+    segments: SegmentRunner = field(init=False)
 
     def __post_init__(self) -> None:
-        self.entries = {entry.key: entry for entry in self.manifest.streams}
+        self.entries = {(entry.key, entry.window): entry for entry in self.manifest.streams}
+        self.segments = SegmentRunner(
+            self.api,
+            self.settings,
+            self.folder,
+            self.monitor,
+            before_first_write=lambda: self.save(force=True, create=True),
+        )
 
-    def entry_for(self, spec: StreamSpec) -> StreamEntry:
-        entry = self.entries.get(spec.key)
+    @property
+    def window(self) -> int:
+        return len(self.manifest.snapshots) - 1
+
+    def segment(self, spec: StreamSpec, window: int) -> Segment:
+        earlier = [self.entries.get((spec.key, w)) for w in range(window)]
+        return Segment(
+            spec,
+            window,
+            start_time=self.manifest.snapshots[window - 1] if window else None,
+            end_time=self.manifest.snapshots[window],
+            first_part=1 + sum(len(e.files) for e in earlier if e is not None),
+        )
+
+    def entry_for(self, segment: Segment) -> StreamEntry:
+        spec = segment.spec
+        entry = self.entries.get((spec.key, segment.window))
         if entry is None:
             entry = StreamEntry(
                 key=spec.key,
@@ -126,229 +117,62 @@ class _Run:
                 scope=spec.scope.value,
                 scope_id=spec.scope_id,
                 room_id=spec.room_id,
-                params=spec.params(end_time=self.manifest.snapshot_end_time),
+                params=segment.params,
+                window=segment.window,
+                stem=spec.stem,
             )
             self.manifest.streams.append(entry)
-            self.entries[spec.key] = entry
-        self.monitor.of(spec.data_type.folder).streams += 1
+            self.entries[(spec.key, segment.window)] = entry
         return entry
 
-    async def run_stream(
-        self, spec: StreamSpec, *, write: bool = True, on_ids: OnIds | None = None
-    ) -> HyperStudyBulkError | None:
-        """Bring one stream to complete on disk (with write=False only report its ids).
+    def known_ids(self, segment: Segment) -> Collection[Any]:
+        """Ids the archive holds from the stream's earlier windows: all of a listing's, and
+        the last page's worth of a time-ordered stream (where an inclusive edge repeats)."""
+        spec = segment.spec
+        earlier = [self.entries.get((spec.key, w)) for w in range(segment.window)]
+        paths = [self.folder / f.path for e in earlier if e is not None for f in e.files]
+        if spec.data_type.time_filtered:
+            return set(ids_in(paths[-1:], spec.data_type.id_field, last=self.settings.page_size))
+        return set(ids_in(paths, spec.data_type.id_field))
 
-        Returns the error that ended the stream, or None when it is complete. A 401 and
-        cancellation are raised instead: they end the run, not just the stream.
-        """
+    async def run_stream(
+        self,
+        spec: StreamSpec,
+        *,
+        window: int | None = None,
+        write: bool = True,
+        on_ids: OnIds | None = None,
+    ) -> HyperStudyBulkError | None:
+        """Bring one stream's window (the current one by default) to complete on disk, or with
+        write=False only report its ids. Returns the error that ended it, or None."""
+        segment = self.segment(spec, self.window if window is None else window)
         if not write:
-            return await self._ids_only(spec, on_ids or (lambda ids: None))
-        entry = self.entry_for(spec)
+            return await self.segments.ids_only(segment, on_ids or (lambda ids: None))
+        entry = self.entry_for(segment)
         figures = self.monitor.of(spec.data_type.folder)
-        checkpoint = self._checkpoint(spec)
+        figures.streams += 1
+        checkpoint = self.segments.checkpoint(segment)
         if checkpoint.complete and entry.status != "complete":
-            entry.files, entry.status = checkpoint.files, "complete"
-            self._summarise(entry, checkpoint)
+            summarise(entry, checkpoint)
+            entry.status, entry.error = "complete", None
         if entry.status == "complete":
             if on_ids is not None:
-                on_ids(self._ids_on_disk(spec, entry.files))
+                on_ids(ids_in([self.folder / f.path for f in entry.files], spec.data_type.id_field))
             figures.streams_done += 1
             figures.records += entry.records
             figures.expected += entry.records
             return None
         entry.status, entry.error = "pending", None
         entry.started_at = iso_utc(datetime.now(UTC))
-        failure: HyperStudyBulkError | None = None
         try:
-            failure = await self._fill(spec, entry, checkpoint, on_ids)
-        except HyperStudyBulkError as error:
-            failure = error
-            if isinstance(error, AuthError) and error.status == 401:
-                raise
-        except BaseException:
-            failure = IncompleteStream("interrupted")
-            raise
-        finally:
-            self._record(entry, failure)
-        return failure
-
-    async def _fill(
-        self, spec: StreamSpec, entry: StreamEntry, checkpoint: Checkpoint, on_ids: OnIds | None
-    ) -> HyperStudyBulkError | None:
-        """Fetch from the checkpoint on, refetching from scratch (bounded) when the records and
-        the server's total disagree; publish the files when they agree."""
-        while True:
-            sink, checkpoint = self._open_sink(spec, checkpoint)
-            try:
-                if on_ids is not None:
-                    on_ids(self._ids_on_disk(spec, checkpoint.files, checkpoint.part))
-                if not checkpoint.done:
-                    await self._fetch(spec, entry, checkpoint, sink, on_ids)
-                expected = (checkpoint.total or 0) - checkpoint.server_duplicates
-                if checkpoint.records == expected:
-                    checkpoint.files = _entries(await _uninterrupted(sink.finish))
-                    checkpoint.part, checkpoint.complete = None, True
-                    await _uninterrupted(functools.partial(checkpoint.save, self.folder))
-                    entry.files, entry.status = checkpoint.files, "complete"
-                    self._summarise(entry, checkpoint)
-                    return None
-            finally:
-                sink.close()
-            self._summarise(entry, checkpoint)
-            if checkpoint.refetches >= MAX_REFETCHES:
-                return IncompleteStream(
-                    f"server total is {checkpoint.total} but {checkpoint.records} distinct "
-                    f"records arrived, after {checkpoint.refetches} refetches"
-                )
-            sink.discard()
-            checkpoint = self._fresh(spec, refetches=checkpoint.refetches + 1)
-
-    def _open_sink(self, spec: StreamSpec, checkpoint: Checkpoint) -> tuple[StreamSink, Checkpoint]:
-        """The stream's sink, resumed from the checkpoint when its files still match it;
-        otherwise (or with nothing to resume) emptied of any earlier files for a fresh start."""
-        part_max = self.settings.part_max_mb << 20
-        if checkpoint.pages:
-            try:
-                sink = StreamSink(
-                    self.folder,
-                    spec.stem,
-                    part_max_bytes=part_max,
-                    files=_results(checkpoint.files),
-                    part=_results([checkpoint.part])[0] if checkpoint.part else None,
-                )
-                return sink, checkpoint
-            except ResumeMismatch:
-                checkpoint = self._fresh(spec, refetches=checkpoint.refetches)
-        sink = StreamSink(self.folder, spec.stem, part_max_bytes=part_max)
-        sink.discard()
-        return sink, checkpoint
-
-    def _checkpoint(self, spec: StreamSpec) -> Checkpoint:
-        """The stream's checkpoint if it belongs to this archive's snapshot, else a fresh one."""
-        saved = load_checkpoint(self.folder, spec.key)
-        if saved is not None and saved.end_time == self.manifest.snapshot_end_time:
-            return saved
-        return self._fresh(spec)
-
-    def _fresh(self, spec: StreamSpec, *, refetches: int = 0) -> Checkpoint:
-        return Checkpoint(spec.key, end_time=self.manifest.snapshot_end_time, refetches=refetches)
-
-    async def _fetch(
-        self,
-        spec: StreamSpec,
-        entry: StreamEntry,
-        checkpoint: Checkpoint,
-        sink: StreamSink,
-        on_ids: OnIds | None,
-    ) -> None:
-        figures = self.monitor.of(spec.data_type.folder)
-        progress = StreamProgress(requests=checkpoint.requests, warnings=checkpoint.warnings)
-        figures.records += checkpoint.records
-        counted_total = False
-
-        async def accept(chunk: Chunk) -> None:
-            nonlocal counted_total
-            kept = drop_repeats(chunk.ids, set(checkpoint.recent_ids)) if chunk.ids else None
-            lines = chunk.lines if kept is None else [chunk.lines[i] for i in kept.indices]
-            data = b"".join(lines)
-            _advance(checkpoint, chunk, kept, len(lines), progress)
-
-            if not self.saved_at:
-                self.save(force=True, create=True)
-
-            def persist() -> None:
-                sink.write(data, len(lines))
-                checkpoint.files = _entries(sink.files)
-                part = sink.open_part
-                checkpoint.part = _entries([part])[0] if part else None
-                checkpoint.save(self.folder)
-
-            await _uninterrupted(persist)
-            figures.records += len(lines)
-            figures.bytes += len(data)
-            if not counted_total:
-                figures.expected += chunk.total
-                counted_total = True
-            if on_ids is not None:
-                on_ids(chunk.ids[i] for i in kept.indices) if kept else on_ids(chunk.ids)
-            self.monitor.on_page(spec.data_type.folder, len(lines))
-
-        requests_before = progress.requests
-        try:
-            await fetch_stream(
-                self.api,
-                spec,
-                spec.params(end_time=self.manifest.snapshot_end_time),
-                start=checkpoint.next_offset,
-                page_size=self.settings.page_size,
-                lookahead=self.settings.concurrency,
-                on_chunk=accept,
-                progress=progress,
+            return await self.segments.fill(
+                segment, entry, known_ids=self.known_ids(segment), on_ids=on_ids
             )
         finally:
-            figures.requests += progress.requests - requests_before
-            checkpoint.requests = progress.requests
-            checkpoint.warnings = progress.warnings
-
-    async def _ids_only(self, spec: StreamSpec, on_ids: OnIds) -> HyperStudyBulkError | None:
-        """Page through a stream only to learn its ids (discovery of a type not archived)."""
-
-        async def accept(chunk: Chunk) -> None:
-            on_ids(chunk.ids)
-
-        try:
-            await fetch_stream(
-                self.api,
-                spec,
-                spec.params(end_time=self.manifest.snapshot_end_time),
-                page_size=self.settings.page_size,
-                lookahead=self.settings.concurrency,
-                on_chunk=accept,
-                progress=StreamProgress(),
-            )
-        except HyperStudyBulkError as error:
-            if isinstance(error, AuthError) and error.status == 401:
-                raise
-            return error
-        return None
-
-    def _ids_on_disk(
-        self, spec: StreamSpec, files: Iterable[FileEntry], part: FileEntry | None = None
-    ) -> list[Any]:
-        """The id field of every record already written for the stream (discovery on resume)."""
-        field_name = spec.data_type.id_field
-        paths = [self.folder / f.path for f in files]
-        if part is not None:
-            paths.append(self.folder / (part.path + PART_SUFFIX))
-        if field_name is None:
-            return []
-        ids: list[Any] = []
-        for path in paths:
-            with path.open("rb") as stream:
-                ids.extend(orjson.loads(line).get(field_name) for line in stream if line.strip())
-        return ids
-
-    def _summarise(self, entry: StreamEntry, checkpoint: Checkpoint) -> None:
-        entry.server_total = checkpoint.total
-        entry.records = checkpoint.records
-        entry.pages = checkpoint.pages
-        entry.requests = checkpoint.requests
-        entry.duplicates_dropped = checkpoint.duplicates
-        entry.server_duplicates = checkpoint.server_duplicates
-        entry.refetches = checkpoint.refetches
-        entry.warnings = checkpoint.warnings
-        entry.bytes = sum(f.bytes for f in entry.files)
-        entry.open_part = checkpoint.part.path + PART_SUFFIX if checkpoint.part else None
-
-    def _record(self, entry: StreamEntry, failure: HyperStudyBulkError | None) -> None:
-        figures = self.monitor.of(entry.data_type)
-        if failure is not None:
-            entry.status = "incomplete"
-            entry.error = str(failure)
-        entry.finished_at = iso_utc(datetime.now(UTC))
-        figures.streams_done += 1
-        figures.incomplete += entry.status != "complete"
-        self.save(force=False)
+            entry.finished_at = iso_utc(datetime.now(UTC))
+            figures.streams_done += 1
+            figures.incomplete += entry.status != "complete"
+            self.save(force=False)
 
     def save(self, *, force: bool, create: bool = False) -> None:
         """Save the manifest at most once a second while running, and always when forced.
@@ -374,23 +198,6 @@ class _Run:
             self.saved_at = now
 
 
-def _advance(
-    checkpoint: Checkpoint, chunk: Chunk, kept: Kept | None, written: int, progress: StreamProgress
-) -> None:
-    """Move the checkpoint past `chunk` (before it is saved, after the data is durable)."""
-    checkpoint.next_offset = chunk.end
-    checkpoint.done = not chunk.has_more
-    checkpoint.total = chunk.total
-    checkpoint.pages += 1
-    checkpoint.records += written
-    checkpoint.requests = progress.requests
-    checkpoint.warnings = progress.warnings
-    if kept is not None:
-        checkpoint.duplicates += kept.repeated
-        checkpoint.server_duplicates += kept.server_repeated
-    checkpoint.recent_ids = [i for i in chunk.ids if isinstance(i, str | int)]
-
-
 def _existing_manifest(folder: Path) -> Manifest | None:
     if not (folder / MANIFEST_NAME).exists():
         return None
@@ -403,6 +210,48 @@ def _existing_manifest(folder: Path) -> Manifest | None:
         ) from None
 
 
+def _open_manifest(
+    folder: Path, settings: Settings, experiment_id: str, moment: str, *, update: bool
+) -> tuple[Manifest, bool]:
+    """The archive's manifest (new, resumed, or with a new window for `update`), and whether
+    it was already complete before this run."""
+    existing = _existing_manifest(folder)
+    if existing is None:
+        if update:
+            raise ConfigError(f"nothing to update: {folder} holds no archive; download it first")
+        manifest = Manifest(
+            experiment_id=experiment_id,
+            base_url=settings.base_url,
+            snapshot_end_time=moment,
+            snapshots=[moment],
+            granularity=settings.granularity.value,
+            page_size=settings.page_size,
+            data_types=[dt.folder for dt in settings.data_types],
+            created_at=moment,
+            updated_at=moment,
+        )
+        return manifest, False
+    requested = settings.granularity
+    if requested is not Granularity.AUTO and existing.granularity not in ("auto", requested):
+        raise ConfigError(
+            f"{folder} was archived at granularity {existing.granularity}; continue it with "
+            f"--granularity {existing.granularity} (or auto), or choose another --out"
+        )
+    if update:
+        if not existing.complete:
+            raise ConfigError(
+                f"{folder} is not complete yet: run the download again (without --update) to "
+                "finish it, then update it"
+            )
+        existing.snapshots.append(moment)
+        existing.snapshot_end_time = moment
+        existing.complete = False
+    existing.data_types = list(
+        dict.fromkeys([*existing.data_types, *(dt.folder for dt in settings.data_types)])
+    )
+    return existing, existing.complete
+
+
 async def archive_experiment(
     api: ApiClient,
     settings: Settings,
@@ -410,68 +259,26 @@ async def archive_experiment(
     *,
     monitor: Monitor,
     now: datetime | None = None,
+    update: bool = False,
 ) -> Manifest:
-    """Archive one experiment into `settings.out/<experiment>`, or resume an unfinished archive
-    there; returns the saved manifest.
+    """Archive one experiment into `settings.out/<experiment>`, resume an unfinished archive
+    there, confirm a complete one unchanged, or (`update`) add what is new since its last
+    snapshot. Returns the saved manifest.
 
     Raises ExperimentNotFound (before anything is written), ConfigError (output folder, an
-    impossible granularity, a granularity unlike the archive's) and AuthError for a 401; every
-    other failure ends only its stream and is recorded in the manifest.
+    impossible granularity, one unlike the archive's, nothing to update) and AuthError for a
+    401; every other failure ends only its stream and is recorded in the manifest.
     """
     folder = prepare_folder(settings.out, experiment_id)
-    started = iso_utc(now or datetime.now(UTC))
-    manifest = _existing_manifest(folder) or Manifest(
-        experiment_id=experiment_id,
-        base_url=settings.base_url,
-        snapshot_end_time=started,
-        granularity=settings.granularity.value,
-        page_size=settings.page_size,
-        data_types=[dt.folder for dt in settings.data_types],
-        created_at=started,
-        updated_at=started,
-    )
-    requested = settings.granularity
-    if manifest.granularity not in (Granularity.AUTO.value, requested.value) and (
-        requested is not Granularity.AUTO
-    ):
-        raise ConfigError(
-            f"{folder} was archived at granularity {manifest.granularity}; resume it with "
-            f"--granularity {manifest.granularity} (or auto), or choose another --out"
-        )
-    manifest.data_types = list(
-        dict.fromkeys([*manifest.data_types, *(dt.folder for dt in settings.data_types)])
-    )
+    moment = iso_utc(now or datetime.now(UTC))
+    manifest, was_complete = _open_manifest(folder, settings, experiment_id, moment, update=update)
     monitor.experiment_id = experiment_id
     run = _Run(api, settings, folder, manifest, monitor)
     try:
-        rooms, rooms_complete = await _discover_rooms(run)
-        if manifest.granularity != Granularity.AUTO.value:
-            requested = Granularity(manifest.granularity)
-        granularity = choose_granularity(
-            requested,
-            settings.data_types,
-            rooms,
-            totals={},
-            page_size=settings.page_size,
-            rooms_complete=rooms_complete,
-        )
-        if granularity is not Granularity.EXPERIMENT and not rooms_complete:
-            raise ConfigError(
-                f"--granularity {granularity} needs the full room list of {experiment_id!r}, "
-                "which the API did not give; use --granularity experiment"
-            )
-        manifest.granularity = granularity.value
-        if granularity is Granularity.PARTICIPANT:
-            rooms = await _discover_participants(run, rooms)
-        discovered = {ROOMS, PARTICIPANTS} if granularity is Granularity.PARTICIPANT else {ROOMS}
-        await _run_all(
-            run,
-            [
-                spec
-                for spec in plan_streams(experiment_id, settings.data_types, granularity, rooms)
-                if spec.data_type not in discovered
-            ],
-        )
+        if was_complete:
+            await _refetch_changed(run)
+        else:
+            await _crawl(run)
     except ExperimentNotFound:
         raise
     except BaseException:
@@ -480,27 +287,113 @@ async def archive_experiment(
     run.save(force=True)
     for entry in manifest.streams:
         if entry.status == "complete":
-            drop_checkpoint(folder, entry.key)
+            drop_checkpoint(folder, f"{entry.key}#{entry.window}")
     return manifest
 
 
+async def _crawl(run: _Run) -> None:
+    """Discover, plan and fetch every stream's current window."""
+    settings, manifest = run.settings, run.manifest
+    rooms, rooms_complete = await _discover_rooms(run)
+    requested = settings.granularity
+    if manifest.granularity != Granularity.AUTO.value:
+        requested = Granularity(manifest.granularity)
+    granularity = choose_granularity(
+        requested,
+        settings.data_types,
+        rooms,
+        totals={},
+        page_size=settings.page_size,
+        rooms_complete=rooms_complete,
+    )
+    if granularity is not Granularity.EXPERIMENT and not rooms_complete:
+        raise ConfigError(
+            f"--granularity {granularity} needs the full room list of "
+            f"{manifest.experiment_id!r}, which the API did not give; use --granularity experiment"
+        )
+    manifest.granularity = granularity.value
+    if granularity is Granularity.PARTICIPANT:
+        rooms = await _discover_participants(run, rooms)
+    discovered = {ROOMS, PARTICIPANTS} if granularity is Granularity.PARTICIPANT else {ROOMS}
+    specs = plan_streams(manifest.experiment_id, settings.data_types, granularity, rooms)
+    await _run_all(run, [spec for spec in specs if spec.data_type not in discovered])
+
+
+async def _refetch_changed(run: _Run) -> None:
+    """For a complete archive: ask each time-ordered data type's total over the archived span
+    (one request each); only where it moved, check that type's segments one by one, and fetch
+    again the segments whose totals changed (records that arrived late)."""
+    manifest = run.manifest
+    before = run.api.stats.requests
+    experiment = manifest.experiment_id
+    changed: list[StreamEntry] = []
+    for name in manifest.data_types:
+        data_type = data_type_named(name)
+        entries = [e for e in manifest.streams if e.data_type == name]
+        if not data_type.time_filtered or not entries:
+            continue
+        spec = plan_streams(experiment, [data_type], Granularity.EXPERIMENT, [])[0]
+        archived = sum(e.server_total or 0 for e in entries)
+        if await _total(run, spec, {"endTime": manifest.snapshot_end_time}) == archived:
+            continue
+        for entry in entries:
+            if await _total(run, _spec_of(entry), entry.params) != entry.server_total:
+                changed.append(entry)
+    run.monitor.note(
+        f"archive was complete; {run.api.stats.requests - before} requests checked it: "
+        + (f"{len(changed)} stream window(s) changed" if changed else "nothing changed")
+    )
+    if not changed:
+        return
+    for entry in changed:
+        entry.status = "pending"
+        drop_checkpoint(run.folder, f"{entry.key}#{entry.window}")
+    await _run_all(
+        run,
+        [_spec_of(entry) for entry in changed],
+        windows={entry.key: entry.window for entry in changed},
+    )
+
+
+def _spec_of(entry: StreamEntry) -> StreamSpec:
+    """The stream an entry of the manifest describes."""
+    return StreamSpec(
+        data_type_named(entry.data_type),
+        Scope(entry.scope),
+        entry.scope_id,
+        entry.stem,
+        room_id=entry.room_id,
+    )
+
+
+async def _total(run: _Run, spec: StreamSpec, params: dict[str, str]) -> int:
+    page = await run.api.get_page(spec.endpoint, spec.segments, params, offset=0, limit=1)
+    return page.total
+
+
 async def _discover_rooms(run: _Run) -> tuple[list[Room], bool]:
-    """List the rooms (archiving the listing when rooms are wanted). The second value says
-    whether the list is complete: the API caps it, and the listing may have failed."""
-    experiment_id = run.manifest.experiment_id
-    spec = plan_streams(experiment_id, [ROOMS], Granularity.EXPERIMENT, [])[0]
+    """List the rooms (archiving the listing when rooms are wanted), adding those an earlier
+    window archived. The second value says whether the list is complete: the API caps it, and
+    the listing may have failed."""
+    manifest = run.manifest
+    spec = plan_streams(manifest.experiment_id, [ROOMS], Granularity.EXPERIMENT, [])[0]
     ids: list[str] = []
 
     def collect(found: Iterable[Any]) -> None:
         ids.extend(str(i) for i in found if i is not None)
 
+    for window in range(run.window):
+        entry = run.entries.get((spec.key, window))
+        if entry is not None:
+            collect(ids_in([run.folder / f.path for f in entry.files], ROOMS.id_field))
+    listed_before = len(ids)
     failure = await run.run_stream(spec, write=ROOMS in run.settings.data_types, on_ids=collect)
     if isinstance(failure, ApiError) and failure.status == 404:
         raise ExperimentNotFound(
-            f"experiment {experiment_id!r} was not found (HTTP 404): check the id"
+            f"experiment {manifest.experiment_id!r} was not found (HTTP 404): check the id"
         )
     unique = list(dict.fromkeys(ids))
-    complete = failure is None and len(unique) < ROOMS_LISTING_CAP
+    complete = failure is None and len(ids) - listed_before < ROOMS_LISTING_CAP
     return [Room(room_id) for room_id in unique], complete
 
 
@@ -513,6 +406,10 @@ async def _discover_participants(run: _Run, rooms: Sequence[Room]) -> list[Room]
         def collect(ids: Iterable[Any]) -> None:
             found[spec.scope_id].extend(str(i) for i in ids if i is not None)
 
+        for window in range(run.window):
+            entry = run.entries.get((spec.key, window))
+            if entry is not None:
+                collect(ids_in([run.folder / f.path for f in entry.files], PARTICIPANTS.id_field))
         failure = await run.run_stream(spec, write=write, on_ids=collect)
         if failure is not None:
             raise ConfigError(
@@ -529,11 +426,17 @@ async def _run_all(
     run: _Run,
     specs: Sequence[StreamSpec],
     job: Callable[[StreamSpec], Awaitable[object]] | None = None,
+    windows: dict[str, int] | None = None,
 ) -> None:
-    """Run `specs` on at most `concurrency` workers; the first exception a job raises cancels
-    the others and is raised as itself."""
+    """Run `specs` (each in its window from `windows`, else the current one) on at most
+    `concurrency` workers; the first exception a job raises cancels the others and is raised
+    as itself."""
     queue = deque(specs)
-    work = job or run.run_stream
+
+    async def default(spec: StreamSpec) -> object:
+        return await run.run_stream(spec, window=(windows or {}).get(spec.key))
+
+    work = job or default
 
     async def drain() -> None:
         while queue:
@@ -552,4 +455,4 @@ def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
-__all__ = ["ExperimentNotFound", "IncompleteStream", "archive_experiment", "prepare_folder"]
+__all__ = ["ExperimentNotFound", "archive_experiment", "prepare_folder"]

@@ -151,7 +151,9 @@ class StreamSink:
         return f"{self._stem}-{self._first + len(self.files):05d}.ndjson"
 
     def write(self, ndjson: bytes, records: int) -> None:
-        """Append one page's NDJSON, durably."""
+        """Append one page's NDJSON, durably (an empty page opens no file)."""
+        if not ndjson:
+            return
         if self._writer is None:
             self._writer = PartWriter(self._root, self._part_name())
         self._writer.write(ndjson, records)
@@ -164,9 +166,10 @@ class StreamSink:
         return self._writer.state() if self._writer else None
 
     def finish(self) -> list[FileResult]:
-        """Publish the last part (an empty stream still gets one empty file, so the archive
-        shows it was fetched and held nothing)."""
-        if self._writer is not None or not self.files:
+        """Publish the last part. An empty stream still gets one empty file, so the archive
+        shows it was fetched and held nothing; a later window (first_part > 1) that brought
+        nothing adds no file."""
+        if self._writer is not None or (not self.files and self._first == 1):
             writer = self._writer or PartWriter(self._root, self._part_name())
             self.files.append(writer.finish())
             self._writer = None

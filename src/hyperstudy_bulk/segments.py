@@ -1,0 +1,329 @@
+"""One stream over one window of time (a segment), brought safely onto disk.
+
+Each page is appended, fsynced and checkpointed before the next is accepted, so a segment
+interrupted at any moment resumes from its checkpoint: the open part is cut back to the
+checkpointed length (a torn last line goes with it) and only what was not on disk is asked for
+again. Records whose id repeats across a page boundary (offsets shifted by rows inserted mid-crawl)
+or that the archive already holds are not written twice. When the records and the server's
+total still disagree, the segment is fetched again from scratch, a bounded number of times,
+before it is called incomplete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from hyperstudy_bulk.client import ApiClient
+from hyperstudy_bulk.config import Settings
+from hyperstudy_bulk.errors import AuthError, HyperStudyBulkError
+from hyperstudy_bulk.manifest import Checkpoint, FileEntry, StreamEntry, load_checkpoint
+from hyperstudy_bulk.pager import Chunk, StreamProgress, fetch_stream
+from hyperstudy_bulk.pagination import Kept, drop_repeats
+from hyperstudy_bulk.plan import StreamSpec
+from hyperstudy_bulk.progress import Monitor
+from hyperstudy_bulk.sinks import PART_SUFFIX, FileResult, ResumeMismatch, StreamSink
+
+T = TypeVar("T")
+OnIds = Callable[[Iterable[Any]], None]
+
+MAX_REFETCHES = 2
+"""Times a segment whose records disagree with the server's total is fetched again."""
+
+
+class IncompleteStream(HyperStudyBulkError):
+    """The stream ended without every record the server's total promised."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """`spec` over the window [start_time, end_time) of snapshot number `window`."""
+
+    spec: StreamSpec
+    window: int
+    start_time: str | None
+    end_time: str
+    first_part: int = 1
+    """Part number of this segment's first file: windows of a stream number on."""
+
+    @property
+    def key(self) -> str:
+        return f"{self.spec.key}#{self.window}"
+
+    @property
+    def params(self) -> dict[str, str]:
+        return self.spec.params(start_time=self.start_time, end_time=self.end_time)
+
+
+async def uninterrupted(work: Callable[[], T]) -> T:
+    """Run blocking disk work in a thread; if cancelled meanwhile, let it finish first so no
+    file is closed under it, then propagate the cancellation."""
+    future = asyncio.ensure_future(asyncio.to_thread(work))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await asyncio.wait([future])
+        raise
+
+
+def ids_in(paths: Iterable[Path], id_field: str | None, *, last: int | None = None) -> list[Any]:
+    """The id of every record in NDJSON files (or of the last `last` records)."""
+    if id_field is None:
+        return []
+    ids: list[Any] = []
+    for path in paths:
+        with path.open("rb") as stream:
+            ids.extend(orjson.loads(line).get(id_field) for line in stream if line.strip())
+        if last is not None:
+            del ids[:-last]
+    return ids
+
+
+def _results(entries: Iterable[FileEntry]) -> list[FileResult]:
+    return [FileResult(e.path, e.records, e.bytes, e.sha256) for e in entries]
+
+
+def _entries(results: Iterable[FileResult]) -> list[FileEntry]:
+    return [FileEntry(r.path, r.records, r.bytes, r.sha256) for r in results]
+
+
+@dataclass
+class SegmentRunner:
+    """Brings segments onto disk for one archive; `before_first_write` runs once, before the
+    first page is written (so the manifest with its snapshot is on disk before any data)."""
+
+    api: ApiClient
+    settings: Settings
+    folder: Path
+    monitor: Monitor
+    before_first_write: Callable[[], None]
+    _wrote: bool = False
+
+    async def fill(
+        self,
+        segment: Segment,
+        entry: StreamEntry,
+        *,
+        known_ids: Collection[Any] = (),
+        on_ids: OnIds | None = None,
+    ) -> HyperStudyBulkError | None:
+        """Bring `segment` to complete on disk, recording what happened in `entry`.
+
+        `known_ids` are ids the archive already holds from earlier windows (not written again).
+        Returns the error that ended the segment, or None when it is complete; a 401 and
+        cancellation are raised instead, after `entry` is updated.
+        """
+        checkpoint = self.checkpoint(segment)
+        failure: HyperStudyBulkError | None = None
+        try:
+            failure = await self._fill(segment, entry, checkpoint, known_ids, on_ids)
+        except HyperStudyBulkError as error:
+            failure = error
+            if isinstance(error, AuthError) and error.status == 401:
+                raise
+        except BaseException:
+            failure = IncompleteStream("interrupted")
+            raise
+        finally:
+            if failure is not None:
+                entry.status, entry.error = "incomplete", str(failure)
+        return failure
+
+    def checkpoint(self, segment: Segment) -> Checkpoint:
+        """The segment's checkpoint if it belongs to the same snapshot, else a fresh one."""
+        saved = load_checkpoint(self.folder, segment.key)
+        if saved is not None and saved.end_time == segment.end_time:
+            return saved
+        return self._fresh(segment)
+
+    def _fresh(self, segment: Segment, *, refetches: int = 0) -> Checkpoint:
+        return Checkpoint(segment.key, end_time=segment.end_time, refetches=refetches)
+
+    async def _fill(
+        self,
+        segment: Segment,
+        entry: StreamEntry,
+        checkpoint: Checkpoint,
+        known_ids: Collection[Any],
+        on_ids: OnIds | None,
+    ) -> HyperStudyBulkError | None:
+        while True:
+            sink, checkpoint = self._open_sink(segment, checkpoint)
+            try:
+                if on_ids is not None:
+                    on_ids(self._ids_on_disk(segment, checkpoint))
+                if not checkpoint.done:
+                    await self._fetch(segment, checkpoint, sink, known_ids, on_ids)
+                expected = (
+                    (checkpoint.total or 0) - checkpoint.server_duplicates - checkpoint.overlap
+                )
+                if checkpoint.records == expected:
+                    checkpoint.files = _entries(await uninterrupted(sink.finish))
+                    checkpoint.part, checkpoint.complete = None, True
+                    await uninterrupted(functools.partial(checkpoint.save, self.folder))
+                    summarise(entry, checkpoint)
+                    entry.status, entry.error = "complete", None
+                    return None
+            finally:
+                sink.close()
+            summarise(entry, checkpoint)
+            if checkpoint.refetches >= MAX_REFETCHES:
+                return IncompleteStream(
+                    f"server total is {checkpoint.total} but {checkpoint.records} distinct "
+                    f"records arrived, after {checkpoint.refetches} refetches"
+                )
+            sink.discard()
+            checkpoint = self._fresh(segment, refetches=checkpoint.refetches + 1)
+
+    def _open_sink(self, segment: Segment, checkpoint: Checkpoint) -> tuple[StreamSink, Checkpoint]:
+        """The segment's sink, resumed from the checkpoint when its files still match it;
+        otherwise (or with nothing to resume) emptied of any earlier files for a fresh start."""
+
+        def sink(**resume: Any) -> StreamSink:
+            return StreamSink(
+                self.folder,
+                segment.spec.stem,
+                part_max_bytes=self.settings.part_max_mb << 20,
+                first_part=segment.first_part,
+                **resume,
+            )
+
+        if checkpoint.pages:
+            try:
+                part = _results([checkpoint.part])[0] if checkpoint.part else None
+                return sink(files=_results(checkpoint.files), part=part), checkpoint
+            except ResumeMismatch:
+                checkpoint = self._fresh(segment, refetches=checkpoint.refetches)
+        fresh = sink()
+        fresh.discard()
+        return fresh, checkpoint
+
+    def _ids_on_disk(self, segment: Segment, checkpoint: Checkpoint) -> list[Any]:
+        paths = [self.folder / f.path for f in checkpoint.files]
+        if checkpoint.part is not None:
+            paths.append(self.folder / (checkpoint.part.path + PART_SUFFIX))
+        return ids_in(paths, segment.spec.data_type.id_field)
+
+    async def _fetch(
+        self,
+        segment: Segment,
+        checkpoint: Checkpoint,
+        sink: StreamSink,
+        known_ids: Collection[Any],
+        on_ids: OnIds | None,
+    ) -> None:
+        name = segment.spec.data_type.folder
+        figures = self.monitor.of(name)
+        progress = StreamProgress(requests=checkpoint.requests, warnings=checkpoint.warnings)
+        figures.records += checkpoint.records
+        counted_total = False
+
+        async def accept(chunk: Chunk) -> None:
+            nonlocal counted_total
+            kept = (
+                drop_repeats(chunk.ids, set(checkpoint.recent_ids), known_ids)
+                if chunk.ids
+                else None
+            )
+            lines = chunk.lines if kept is None else [chunk.lines[i] for i in kept.indices]
+            data = b"".join(lines)
+            _advance(checkpoint, chunk, kept, len(lines), progress)
+            if not self._wrote:
+                self.before_first_write()
+                self._wrote = True
+
+            def persist() -> None:
+                sink.write(data, len(lines))
+                checkpoint.files = _entries(sink.files)
+                part = sink.open_part
+                checkpoint.part = _entries([part])[0] if part else None
+                checkpoint.save(self.folder)
+
+            await uninterrupted(persist)
+            figures.records += len(lines)
+            figures.bytes += len(data)
+            if not counted_total:
+                figures.expected += chunk.total
+                counted_total = True
+            if on_ids is not None:
+                on_ids(chunk.ids if kept is None else (chunk.ids[i] for i in kept.indices))
+            self.monitor.on_page(name, len(lines))
+
+        requests_before = progress.requests
+        try:
+            await fetch_stream(
+                self.api,
+                segment.spec,
+                segment.params,
+                start=checkpoint.next_offset,
+                page_size=self.settings.page_size,
+                lookahead=self.settings.concurrency,
+                on_chunk=accept,
+                progress=progress,
+            )
+        finally:
+            figures.requests += progress.requests - requests_before
+            checkpoint.requests = progress.requests
+            checkpoint.warnings = progress.warnings
+
+    async def ids_only(self, segment: Segment, on_ids: OnIds) -> HyperStudyBulkError | None:
+        """Page through a segment only to learn its ids (discovery of a type not archived)."""
+
+        async def accept(chunk: Chunk) -> None:
+            on_ids(chunk.ids)
+
+        try:
+            await fetch_stream(
+                self.api,
+                segment.spec,
+                segment.params,
+                page_size=self.settings.page_size,
+                lookahead=self.settings.concurrency,
+                on_chunk=accept,
+                progress=StreamProgress(),
+            )
+        except HyperStudyBulkError as error:
+            if isinstance(error, AuthError) and error.status == 401:
+                raise
+            return error
+        return None
+
+
+def summarise(entry: StreamEntry, checkpoint: Checkpoint) -> None:
+    """Copy a checkpoint's figures into the manifest's entry for the segment."""
+    entry.files = checkpoint.files
+    entry.server_total = checkpoint.total
+    entry.records = checkpoint.records
+    entry.pages = checkpoint.pages
+    entry.requests = checkpoint.requests
+    entry.duplicates_dropped = checkpoint.duplicates
+    entry.server_duplicates = checkpoint.server_duplicates
+    entry.overlap = checkpoint.overlap
+    entry.refetches = checkpoint.refetches
+    entry.warnings = checkpoint.warnings
+    entry.bytes = sum(f.bytes for f in checkpoint.files)
+    entry.open_part = checkpoint.part.path + PART_SUFFIX if checkpoint.part else None
+
+
+def _advance(
+    checkpoint: Checkpoint, chunk: Chunk, kept: Kept | None, written: int, progress: StreamProgress
+) -> None:
+    """Move the checkpoint past `chunk` (saved once the data is durable)."""
+    checkpoint.next_offset = chunk.end
+    checkpoint.done = not chunk.has_more
+    checkpoint.total = chunk.total
+    checkpoint.pages += 1
+    checkpoint.records += written
+    checkpoint.requests = progress.requests
+    checkpoint.warnings = progress.warnings
+    if kept is not None:
+        checkpoint.duplicates += kept.repeated
+        checkpoint.overlap += kept.archived
+        checkpoint.server_duplicates += kept.server_repeated
+    checkpoint.recent_ids = [i for i in chunk.ids if isinstance(i, str | int)]
