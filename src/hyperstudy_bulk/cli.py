@@ -32,7 +32,10 @@ from hyperstudy_bulk.survey import survey_experiment
 from hyperstudy_bulk.verify import verify_archive
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-_FLAGS = {"quiet", "verbose", "allow_insecure_http"}
+_FLAGS = {"quiet", "verbose", "allow_insecure_http", "media_only"}
+_NEGATED = {"media"}
+"""Options on by default: their flag is --no-NAME (the environment and config can say true)."""
+_MEDIA_OPTIONS = frozenset({"media", "media_only", "media_concurrency"})
 _ID_MAX = 512
 
 
@@ -48,9 +51,14 @@ def _add_options(parser: argparse.ArgumentParser, *, skip: frozenset[str] = froz
     for option in OPTIONS:
         if option.name in skip:
             continue
-        if option.name in _FLAGS:
+        if option.name in _FLAGS | _NEGATED:
+            negated = option.name in _NEGATED
             parser.add_argument(
-                option.flag, dest=option.name, action="store_const", const="true", help=option.help
+                option.flag.replace("--", "--no-") if negated else option.flag,
+                dest=option.name,
+                action="store_const",
+                const="false" if negated else "true",
+                help=option.help,
             )
         else:
             parser.add_argument(option.flag, dest=option.name, metavar="VALUE", help=option.help)
@@ -78,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_options(download)
     plan = commands.add_parser("plan", help="show what download would fetch, without fetching")
     plan.add_argument("experiment_ids", nargs="+", metavar="EXPERIMENT_ID")
-    _add_options(plan, skip=frozenset({"out", "part_max_mb"}))
+    _add_options(plan, skip=frozenset({"out", "part_max_mb"}) | _MEDIA_OPTIONS)
     demo = commands.add_parser("demo", help="archive a demo experiment from the built-in simulator")
     demo.add_argument("--out", default="hyperstudy-demo", help="folder for the demo archive")
     demo.add_argument("--progress", default=None, help="auto, bar, log or none")
@@ -270,14 +278,35 @@ async def _archive_one(
     finally:
         await renderer.stop()
     out.print(summary_table(monitor))
-    return _report(manifest, settings.out / safe_name(experiment_id))
+    folder = settings.out / safe_name(experiment_id)
+    media = settings.media or settings.media_only
+    return max(_report(manifest, folder, media=media), _report_media(manifest, folder, media))
 
 
-def _report(manifest: Manifest, folder: Path) -> int:
+def _report_media(manifest: Manifest, folder: Path, media: bool) -> int:
+    """Which recordings' media files could not be fetched, if any (only when media was asked)."""
+    failed = manifest.failed_media if media else []
+    if not failed:
+        return EXIT_OK
+    listed = "; ".join(f"{m.recording_id} (room {m.room_id}): {m.error}" for m in failed[:5])
+    more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
+    _say(
+        f"media INCOMPLETE: {len(failed)} recording file(s) not fetched: {listed}{more}. "
+        f"Details in {folder / MANIFEST_NAME}; run the same command again to retry them."
+    )
+    return EXIT_INCOMPLETE
+
+
+def _report(manifest: Manifest, folder: Path, *, media: bool) -> int:
     """The closing line: where the archive is, or which streams are missing and why."""
     if manifest.complete:
         records = sum(stream.records for stream in manifest.streams)
-        print(f"archive complete: {records:,} records in {folder} (see {MANIFEST_NAME})")
+        files = [m for m in manifest.media if m.status == "complete"] if media else []
+        held = f" and {len(files):,} media files ({sum(m.bytes for m in files) / 1e6:,.1f} MB)"
+        print(
+            f"archive complete: {records:,} records{held if files else ''} in {folder} "
+            f"(see {MANIFEST_NAME})"
+        )
         return EXIT_OK
     broken = manifest.incomplete_streams
     refused = [s for s in broken if s.error and ("HTTP 403" in s.error or "HTTP 401" in s.error)]

@@ -87,6 +87,9 @@ class Settings:
     retry_backoff: float = 0.5
     retry_backoff_max: float = 60.0
     part_max_mb: int = 512
+    media: bool = True
+    media_only: bool = False
+    media_concurrency: int = 8
     progress: ProgressMode = ProgressMode.AUTO
     quiet: bool = False
     verbose: bool = False
@@ -225,6 +228,17 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("retry_backoff_max", _positive_float, "seconds: the longest backoff between attempts"),
     Option("part_max_mb", _whole(1), "start a new NDJSON part file after this many MiB"),
+    Option("media", _boolean, "also fetch every recording's video or audio file (--no-media)"),
+    Option(
+        "media_only",
+        _boolean,
+        "fetch only the media files of an archive whose records are already there",
+    ),
+    Option(
+        "media_concurrency",
+        _whole(1),
+        "media files downloaded at once (bandwidth-bound; not counted in the request budget)",
+    ),
     Option(
         "progress",
         _choice(ProgressMode),

@@ -72,6 +72,23 @@ class StreamEntry:
 
 
 @dataclass
+class MediaEntry:
+    """One recording's media file. Never holds its signed URL: that is a bearer credential."""
+
+    recording_id: str
+    room_id: str
+    path: str
+    """Archive-relative path of the file (`<path>.part` while it is being fetched)."""
+    file_size: int | None = None
+    """The recording row's `fileSize`, when it had one."""
+    status: str = "pending"
+    """pending (not finished), complete, or failed (see `error`)."""
+    error: str | None = None
+    bytes: int = 0
+    sha256: str = ""
+
+
+@dataclass
 class Manifest:
     experiment_id: str
     base_url: str
@@ -88,6 +105,8 @@ class Manifest:
     """Every crawl's endTime, oldest first; `--update` appends one (window i of a stream holds
     the records from snapshots[i-1] to snapshots[i])."""
     requests: dict[str, Any] = field(default_factory=dict)
+    media: list[MediaEntry] = field(default_factory=list)
+    """The recordings' media files (archives made before media support have none)."""
     format: str = FORMAT
     tool: dict[str, str] = field(
         default_factory=lambda: {"name": "hyperstudy-bulk", "version": __version__}
@@ -103,6 +122,10 @@ class Manifest:
     @property
     def incomplete_streams(self) -> list[StreamEntry]:
         return [stream for stream in self.streams if stream.status != "complete"]
+
+    @property
+    def failed_media(self) -> list[MediaEntry]:
+        return [entry for entry in self.media if entry.status != "complete"]
 
 
 @dataclass
@@ -164,7 +187,8 @@ def load_manifest(folder: Path) -> Manifest:
         StreamEntry(**{**s, "files": [FileEntry(**f) for f in s["files"]]})
         for s in document.pop("streams")
     ]
-    return Manifest(**document, streams=streams)
+    media = [MediaEntry(**m) for m in document.pop("media", [])]
+    return Manifest(**document, streams=streams, media=media)
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -180,7 +204,12 @@ def atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
-    directory = os.open(path.parent, os.O_RDONLY)
+    fsync_directory(path.parent)
+
+
+def fsync_directory(folder: Path) -> None:
+    """Make a rename in `folder` durable: a crash must not bring the old name back."""
+    directory = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(directory)
     finally:

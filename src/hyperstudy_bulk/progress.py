@@ -14,8 +14,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 from hyperstudy_bulk.config import ProgressMode
@@ -36,11 +45,40 @@ class TypeProgress:
 
 
 @dataclass
+class MediaProgress:
+    """The media files' figures: bytes on disk against the bytes expected, and the rate of
+    this run's transfers (files already whole count as done but not towards the rate)."""
+
+    files: int = 0
+    files_done: int = 0
+    failed: int = 0
+    bytes: int = 0
+    """Bytes on disk, whole files and parts."""
+    expected: int = 0
+    """Sum of the sizes known so far (fileSize, else Content-Length once a response tells)."""
+    received: int = 0
+    """Bytes transferred by this run."""
+    started: float | None = None
+
+    def rate(self) -> float:
+        """Bytes per second since the first media transfer began."""
+        elapsed = time.monotonic() - self.started if self.started is not None else 0.0
+        return self.received / elapsed if elapsed > 0 else 0.0
+
+    def eta_seconds(self) -> float | None:
+        rate = self.rate()
+        if rate <= 0 or self.expected <= self.bytes:
+            return None
+        return (self.expected - self.bytes) / rate
+
+
+@dataclass
 class Monitor:
     """Live figures of a run. `rate_limited` and `retries` read the client's counters."""
 
     experiment_id: str = ""
     types: dict[str, TypeProgress] = field(default_factory=dict)
+    media: MediaProgress = field(default_factory=MediaProgress)
     started: float = field(default_factory=time.monotonic)
     rate_limited: Callable[[], int] = lambda: 0
     retries: Callable[[], int] = lambda: 0
@@ -116,11 +154,19 @@ class LogRenderer(Renderer):
         eta = m.eta_seconds()
         done = sum(t.streams_done for t in m.types.values())
         streams = sum(t.streams for t in m.types.values())
-        return (
+        line = (
             f"[{m.experiment_id} {elapsed:6.0f}s] {m.records:,}/{m.expected:,} records, "
             f"{done}/{streams} streams, {m.requests:,} requests, {m.rate_limited()} x 429, "
             f"{m.retries()} retries, ETA {_duration(eta)}"
         )
+        media = m.media
+        if media.files:
+            line += (
+                f"; media {media.files_done}/{media.files} files, "
+                f"{media.bytes / 1e6:,.1f}/{media.expected / 1e6:,.1f} MB, "
+                f"{media.rate() / 1e6:.1f} MB/s, ETA {_duration(media.eta_seconds())}"
+            )
+        return line
 
     def final(self) -> None:
         self._stream.write(self.line() + "\n")
@@ -142,10 +188,19 @@ class BarRenderer(Renderer):
             console=console,
             transient=False,
         )
+        self._media_bar = Progress(
+            TextColumn("{task.description:<20}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
         self._tasks: dict[str, TaskID] = {}
 
     async def _run(self) -> None:
-        with self._progress:
+        with Live(Group(self._progress, self._media_bar), console=self._progress.console):
             while True:
                 self._refresh()
                 await asyncio.sleep(0.2)
@@ -160,6 +215,15 @@ class BarRenderer(Renderer):
                 total=max(figures.expected, figures.records) or None,
                 requests=figures.requests,
                 limited=self.monitor.rate_limited(),
+            )
+        media = self.monitor.media
+        if media.files:
+            if "media" not in self._tasks:
+                self._tasks["media"] = self._media_bar.add_task("media", total=None)
+            self._media_bar.update(
+                self._tasks["media"],
+                completed=media.bytes,
+                total=max(media.expected, media.bytes) or None,
             )
 
     def final(self) -> None:
@@ -197,6 +261,10 @@ def summary_table(monitor: Monitor) -> Table:
             f"{t.bytes / 1e6:.2f}",
             state,
         )
+    media = monitor.media
+    if media.files:
+        state = "complete" if media.files_done == media.files else f"{media.failed} FAILED"
+        table.add_row("media files", str(media.files), "-", "-", f"{media.bytes / 1e6:.2f}", state)
     return table
 
 

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from hyperstudy_bulk.client import ApiClient
 from hyperstudy_bulk.config import Granularity, Settings
@@ -34,15 +34,24 @@ from hyperstudy_bulk.errors import ApiError, ConfigError, HyperStudyBulkError
 from hyperstudy_bulk.manifest import (
     MANIFEST_NAME,
     Manifest,
+    MediaEntry,
     StreamEntry,
     drop_checkpoint,
     load_manifest,
+)
+from hyperstudy_bulk.media import (
+    MediaFetcher,
+    MediaJob,
+    media_entries,
+    plan_media,
+    recording_rows,
 )
 from hyperstudy_bulk.plan import Room, StreamSpec, choose_granularity, plan_streams
 from hyperstudy_bulk.progress import Monitor
 from hyperstudy_bulk.segments import OnIds, Segment, SegmentRunner, ids_in, summarise
 from hyperstudy_bulk.sinks import safe_name
 
+T = TypeVar("T")
 ROOMS_LISTING_CAP = 5000
 """The API lists at most this many rooms (contract §3.1): a longer list may be cut short."""
 
@@ -270,15 +279,21 @@ async def archive_experiment(
     401; every other failure ends only its stream and is recorded in the manifest.
     """
     folder = prepare_folder(settings.out, experiment_id)
+    if settings.media_only and not (folder / MANIFEST_NAME).exists():
+        raise ConfigError(f"--media-only: {folder} holds no archive; download its records first")
     moment = iso_utc(now or datetime.now(UTC))
     manifest, was_complete = _open_manifest(folder, settings, experiment_id, moment, update=update)
     monitor.experiment_id = experiment_id
     run = _Run(api, settings, folder, manifest, monitor)
     try:
-        if was_complete:
+        if settings.media_only:
+            pass
+        elif was_complete:
             await _refetch_changed(run)
         else:
             await _crawl(run)
+        if settings.media or settings.media_only:
+            await _fetch_media(run)
     except ExperimentNotFound:
         raise
     except BaseException:
@@ -422,6 +437,24 @@ async def _discover_participants(run: _Run, rooms: Sequence[Room]) -> list[Room]
     return [Room(room_id, tuple(dict.fromkeys(ids))) for room_id, ids in found.items()]
 
 
+async def _fetch_media(run: _Run) -> None:
+    """The media file of every recording row the archive holds, `media_concurrency` at a
+    time, each recorded in the manifest (files already whole are skipped, parts resumed)."""
+    rows = await asyncio.to_thread(lambda: list(recording_rows(run.folder, run.manifest)))
+    jobs = media_entries(run.manifest, plan_media(rows))
+    fetcher = MediaFetcher(
+        run.api, run.settings, run.folder, run.monitor.media, log=run.monitor.note
+    )
+    fetcher.expect(job for job, _ in jobs)
+
+    async def one(pair: tuple[MediaJob, MediaEntry]) -> None:
+        await fetcher.fetch(*pair)
+        run.save(force=False)
+
+    async with fetcher:
+        await _pool(jobs, run.settings.media_concurrency, one)
+
+
 async def _run_all(
     run: _Run,
     specs: Sequence[StreamSpec],
@@ -429,14 +462,19 @@ async def _run_all(
     windows: dict[str, int] | None = None,
 ) -> None:
     """Run `specs` (each in its window from `windows`, else the current one) on at most
-    `concurrency` workers; the first exception a job raises cancels the others and is raised
-    as itself."""
-    queue = deque(specs)
+    `concurrency` workers."""
 
     async def default(spec: StreamSpec) -> object:
         return await run.run_stream(spec, window=(windows or {}).get(spec.key))
 
-    work = job or default
+    await _pool(specs, run.settings.concurrency, job or default)
+
+
+async def _pool(items: Sequence[T], workers: int, work: Callable[[T], Awaitable[object]]) -> None:
+    """Run `work` over `items` on at most `workers` tasks (a fixed pool, so what is open and
+    buffered stays bounded however many items there are); the first exception a job raises
+    cancels the others and is raised as itself."""
+    queue = deque(items)
 
     async def drain() -> None:
         while queue:
@@ -444,7 +482,7 @@ async def _run_all(
 
     try:
         async with asyncio.TaskGroup() as group:
-            for _ in range(min(run.settings.concurrency, len(queue))):
+            for _ in range(min(workers, len(queue))):
                 group.create_task(drain())
     except BaseExceptionGroup as failures:
         raise _first_leaf(failures) from None

@@ -296,10 +296,13 @@ def data_page(sim: Simulator, request: web.Request, args: tuple[str, ...], short
     start, end = q.get("startTime"), q.get("endTime")
     deployment = q.get("deploymentId") if scope == "experiment" else None
     ds = sim.dataset
-    total = ds.total(data_type, scope, scope_id, room_id, start, end, deployment_id=deployment)
+    span = ds.span(data_type, scope, scope_id, room_id, start, end, deployment_id=deployment)
+    total = len(span)
     rows_wanted = max(1, limit // 2) if short else limit
     sort = q.get("sort")
-    key = (fmt, order, sort, offset, rows_wanted, *args, room_id, start, end, deployment)
+    # Keyed on the matched span, not the filters' text: crawls with different snapshot times
+    # over the same records share pages.
+    key = (fmt, order, sort, offset, rows_wanted, *args, room_id, span.start, span.stop, deployment)
     cached = sim.cache.get(key)
     if cached is None:
         rows = ds.records(
@@ -441,6 +444,11 @@ def _reset(request: web.Request) -> web.Response:
     return web.Response(status=599)
 
 
+def _carries_key(request: web.Request, api_key: str) -> bool:
+    """Whether a request shows the API key in any header (a signed URL needs none)."""
+    return any(api_key in value for value in request.headers.values())
+
+
 def _drop(request: web.Request) -> None:
     transport = request.transport
     if transport is not None:
@@ -527,6 +535,8 @@ class Dispatcher:
         """A signed recording URL: no API key; Range support; streamed in 64 KiB chunks."""
         sim = self.sim
         template = "GET /media/{roomId}/{recordingId}"
+        if _carries_key(request, sim.api_key):
+            sim.stats.media_requests_with_api_key += 1
         if len(segments) != 2 or "." not in segments[1]:
             sim.stats.record(template, 404)
             return web.Response(status=404, text="Not Found")

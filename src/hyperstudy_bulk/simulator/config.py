@@ -36,6 +36,8 @@ class SimulatorConfig:
     scopes: frozenset[str] = frozenset({"*"})
     media_bytes: int = 200_000
     media_url_ttl_s: float = 7 * 24 * 3600
+    file_size_skew: int = 0
+    """Added to every recording row's fileSize: a server whose fileSize disagrees with the file."""
     cache_mb: int = 256
     hostile_ids: bool = False
 

@@ -488,7 +488,7 @@ class Dataset:
         if room.local_index % 2 == 0:
             fmt = recording_format(room, i, r)
             url = self.origin + self.signer.path(room.id, rec_id, fmt, _EMBEDDED_URL_EXPIRY)
-        size = media_size(room, i, self.config.media_bytes, r)
+        size = media_size(room, i, self.config.media_bytes, r) + self.config.file_size_skew
         return recording(room, k, i, ts, r, rec_id=rec_id, size=size, signed_url=url)
 
     def _query(
@@ -506,6 +506,23 @@ class Dataset:
         end = None if end_time is None else parse_time(end_time, "endTime")
         return view, self._bounds(data_type, view, start, end)
 
+    def span(
+        self,
+        data_type: str,
+        scope: str,
+        scope_id: str,
+        room_id: str | None = None,
+        start_time: str | None = None,
+        end_time: str | None = None,
+        *,
+        deployment_id: str | None = None,
+    ) -> range:
+        """The positions the query matches in its scope's sequence: two queries with the same
+        span serve the same pages, whatever their time filters' spelling (a page cache key)."""
+        return self._query(
+            data_type, scope, scope_id, room_id, start_time, end_time, deployment_id
+        )[1]
+
     def total(
         self,
         data_type: str,
@@ -519,7 +536,15 @@ class Dataset:
     ) -> int:
         """Number of records the query matches (pagination.total)."""
         return len(
-            self._query(data_type, scope, scope_id, room_id, start_time, end_time, deployment_id)[1]
+            self.span(
+                data_type,
+                scope,
+                scope_id,
+                room_id,
+                start_time,
+                end_time,
+                deployment_id=deployment_id,
+            )
         )
 
     def records(

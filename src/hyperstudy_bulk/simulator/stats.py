@@ -7,7 +7,8 @@ from typing import Any
 
 
 class Stats:
-    """What the server saw: statuses per route template, faults, 429s, media bytes."""
+    """What the server saw: statuses per route template, faults, 429s, media bytes, and media
+    requests that leaked the API key."""
 
     def __init__(self) -> None:
         self.reset()
@@ -18,6 +19,8 @@ class Stats:
         self.during_retry_after = 0
         self.rate_limited = 0
         self.media_bytes_served = 0
+        self.media_requests_with_api_key = 0
+        """Media GETs that carried the API key (X-API-Key or Authorization): must stay 0."""
 
     def record(self, route: str, status: int | str) -> None:
         self._requests[route][str(status)] += 1
@@ -37,4 +40,5 @@ class Stats:
             "rate_limited": self.rate_limited,
             "faults": dict(self._faults),
             "media_bytes_served": self.media_bytes_served,
+            "media_requests_with_api_key": self.media_requests_with_api_key,
         }
