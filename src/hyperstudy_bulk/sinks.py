@@ -100,13 +100,16 @@ class PartWriter:
         self.bytes = resume.bytes
 
     def write(self, chunk: bytes, records: int) -> None:
-        """Append and make it durable (the checkpoint written next must never outrun it)."""
+        """Append (durable only after `sync`)."""
         self._file.write(chunk)
-        self._file.flush()
-        os.fsync(self._file.fileno())
         self._hash.update(chunk)
         self.records += records
         self.bytes += len(chunk)
+
+    def sync(self) -> None:
+        """Make everything written so far durable (before a checkpoint may refer to it)."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
 
     def state(self) -> FileResult:
         return FileResult(self.relative, self.records, self.bytes, self._hash.hexdigest())
@@ -151,7 +154,8 @@ class StreamSink:
         return f"{self._stem}-{self._first + len(self.files):05d}.ndjson"
 
     def write(self, ndjson: bytes, records: int) -> None:
-        """Append one page's NDJSON, durably (an empty page opens no file)."""
+        """Append one page's NDJSON (an empty page opens no file); durable after `sync`, or
+        once its part is finished."""
         if not ndjson:
             return
         if self._writer is None:
@@ -160,6 +164,10 @@ class StreamSink:
         if self._writer.bytes >= self._part_max:
             self.files.append(self._writer.finish())
             self._writer = None
+
+    def sync(self) -> None:
+        if self._writer is not None:
+            self._writer.sync()
 
     @property
     def open_part(self) -> FileResult | None:
