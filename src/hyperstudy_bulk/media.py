@@ -43,8 +43,6 @@ MEDIA_DIR = "media"
 MINT_ENDPOINT = "data/recordings/download"
 """The budget's endpoint name for minting signed URLs."""
 MINT_ROUTE = ("data", "recordings", "download")
-MAX_URLS = 4
-"""Signed URLs tried per file (the first and fresh ones after a refusal) before it fails."""
 CHUNK = 256 * 1024
 REFUSED = frozenset({400, 401, 403, 410})
 """What a storage host answers to an expired or otherwise unusable signature."""
@@ -219,6 +217,11 @@ class PartFile:
             self._file.close()
             self._file = None
 
+    def discard(self) -> None:
+        """Remove the part: its bytes can never become the file."""
+        self.close()
+        self.path.unlink(missing_ok=True)
+
 
 def _content_range(value: str | None) -> tuple[int | None, int | None]:
     """(first byte, total size) of a Content-Range header; None where absent or unknown."""
@@ -342,16 +345,19 @@ class MediaFetcher:
         """Record the failure; a part that cannot become the file is dropped, any other is
         kept for the next run to resume."""
         if isinstance(error, MediaError):
-            self._restart(part)
+            self._progress.bytes -= part.size
+            part.discard()
+            part.size = 0
         entry.status, entry.error = "failed", str(error)
         entry.bytes = part.size
         self._progress.failed += 1
         self._log(f"media {entry.recording_id} failed: {error}")
 
     async def _download(self, job: MediaJob, part: PartFile) -> None:
-        """Transfer with retries; a refused URL is replaced by a freshly minted one."""
+        """Transfer with retries; a refused URL is replaced by a freshly minted one, up to
+        `max_attempts` signed URLs per file."""
         given = job.url
-        for tries in range(1, MAX_URLS + 1):
+        for tries in range(1, self._retry.max_attempts + 1):
             url = given or await self._mint(job)
             try:
                 await call_with_retries(
@@ -361,7 +367,7 @@ class MediaFetcher:
                 )
                 return
             except UrlRefused:
-                if tries == MAX_URLS:
+                if tries == self._retry.max_attempts:
                     raise
                 self._log(f"media {job.recording_id}: signed URL refused, minting a fresh one")
                 given = None

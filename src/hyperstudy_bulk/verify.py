@@ -1,7 +1,8 @@
 """`hyperstudy-bulk verify`: does the archive on disk still say what its manifest says?
 
-Re-hashes every file listed, counts its records (every line must be a JSON object), and looks
-for NDJSON files the manifest does not list. Knows nothing of HTTP.
+Re-hashes every file listed, counts its records (every line must be a JSON object), looks
+for NDJSON files the manifest does not list, and re-hashes every media file (a media file the
+run could not fetch is a problem too). Knows nothing of HTTP.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import orjson
 
-from hyperstudy_bulk.manifest import MANIFEST_NAME, load_manifest
+from hyperstudy_bulk.manifest import MANIFEST_NAME, MediaEntry, load_manifest
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,31 @@ def verify_archive(folder: Path) -> Report:
         relative = str(path.relative_to(folder))
         if relative not in listed:
             problems.append(Problem(relative, "-", "not listed in the manifest"))
+    for media in manifest.media:
+        files += 1
+        problems.extend(_check_media(folder, media))
     return Report(files, records, problems)
+
+
+def _check_media(folder: Path, entry: MediaEntry) -> list[Problem]:
+    """A media file must be there, whole, and hash to what the manifest says."""
+    owner = f"recording {entry.recording_id}"
+    if entry.status != "complete":
+        return [Problem(entry.path, owner, f"media file is {entry.status}: {entry.error}")]
+    path = folder / entry.path
+    if not path.is_file():
+        return [Problem(entry.path, owner, "media file is missing")]
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as stream:
+        while piece := stream.read(1 << 20):
+            digest.update(piece)
+            size += len(piece)
+    if size != entry.bytes:
+        return [Problem(entry.path, owner, f"{size} bytes, manifest says {entry.bytes}")]
+    if digest.hexdigest() != entry.sha256:
+        return [Problem(entry.path, owner, "sha256 differs from the manifest")]
+    return []
 
 
 def _scan(path: Path) -> tuple[int, str, int, int | None]:
