@@ -14,7 +14,6 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ import orjson
 from hyperstudy_bulk.simulator import ProcessHandle
 
 HERE = Path(__file__).resolve().parent
-PINNED_CLI = HERE / "_pinned_cli.py"
 MB = 1e6
 
 
@@ -38,18 +36,28 @@ class ChildRun:
     stderr: str
 
 
-def snapshot_now() -> str:
-    """Now as the CLI spells its snapshot time (ISO 8601, milliseconds, Z)."""
-    moment = datetime.now(UTC).isoformat(timespec="milliseconds")
-    return moment.replace("+00:00", "Z")
+def cli_command(args: Sequence[str]) -> list[str]:
+    """The `hyperstudy-bulk` command line, as a user runs it."""
+    return [sys.executable, "-m", "hyperstudy_bulk", *args]
 
 
-def cli_command(args: Sequence[str], *, pinned_snapshot: str | None = None) -> list[str]:
-    """The `hyperstudy-bulk` command line; with `pinned_snapshot` the same CLI, with its
-    snapshot clock pinned (see _pinned_cli.py for why)."""
-    if pinned_snapshot is None:
-        return [sys.executable, "-m", "hyperstudy_bulk", *args]
-    return [sys.executable, str(PINNED_CLI), pinned_snapshot, *args]
+def unlimited_download(experiment_id: str, out: Path, *extra: str) -> list[str]:
+    """`download` arguments with the client's budget lifted (the simulator enforces none) and
+    no progress output: what the throughput benchmarks time."""
+    unlimited = str(10**9)
+    return [
+        "download",
+        experiment_id,
+        "--out",
+        str(out),
+        "--progress",
+        "none",
+        "--rate-limit-per-hour",
+        unlimited,
+        "--rate-limit-per-minute-per-endpoint",
+        unlimited,
+        *extra,
+    ]
 
 
 def sim_env(sim: ProcessHandle) -> dict[str, str]:

@@ -34,12 +34,12 @@ from _common import (
     print_block,
     run_child,
     sim_env,
+    unlimited_download,
 )
 
 from hyperstudy_bulk.datatypes import data_type_named
 from hyperstudy_bulk.simulator import ProcessHandle, SimulatorConfig, serve_in_subprocess
 
-UNLIMITED = str(10**9)
 RSS_TARGET_MB = 200.0
 PAGE_SIZE = 1000
 
@@ -59,18 +59,7 @@ class Scale:
 
 
 def cli_download(sim: ProcessHandle, out: Path) -> ChildRun:
-    args = [
-        "download",
-        sim.experiment_ids[0],
-        "--out",
-        str(out),
-        "--progress",
-        "none",
-        "--rate-limit-per-hour",
-        UNLIMITED,
-        "--rate-limit-per-minute-per-endpoint",
-        UNLIMITED,
-    ]
+    args = unlimited_download(sim.experiment_ids[0], out, "--no-media")
     run = run_child(cli_command(args), sim_env(sim))
     check_ok(f"download into {out}", run)
     return run

@@ -9,6 +9,7 @@ import pytest
 
 from hyperstudy_bulk.envelope import decode_error, decode_object, decode_page
 from hyperstudy_bulk.errors import AuthError, ContractError, TransportError
+from hyperstudy_bulk.sinks import ndjson
 
 
 def body(data: Any = None, **pagination: Any) -> bytes:
@@ -20,9 +21,27 @@ def body(data: Any = None, **pagination: Any) -> bytes:
 
 
 def test_a_page_as_the_contract_describes_it() -> None:
-    page = decode_page(body(), requested_offset=0, requested_limit=2)
+    page = decode_page(body(), requested_offset=0, requested_limit=2, id_field="id")
     assert (page.total, page.limit, page.has_more, page.next_offset, page.end) == (3, 2, True, 2, 2)
-    assert page.records == [{"id": "a"}, {"id": "b"}]
+    assert [bytes(r) for r in page.records] == [b'{"id":"a"}', b'{"id":"b"}']
+    assert page.ids == ["a", "b"]
+
+
+def test_records_are_kept_byte_for_byte_as_served() -> None:
+    first = b'{"z": 1, "a":  "caf\\u00e9", "n": 12345678901234567890123}'
+    raw = (
+        b'{"status":"success","data":[' + first + b',{"id":null}],'
+        b'"metadata":{"pagination":{"total":2,"hasMore":false}}}'
+    )
+    page = decode_page(raw, requested_offset=0, requested_limit=2, id_field="id")
+    assert bytes(page.records[0]) == first
+    assert page.ids == [None, None]
+    assert ndjson(page.records) == first + b'\n{"id":null}\n'
+
+
+def test_a_pretty_printed_record_is_put_back_on_one_line() -> None:
+    records = [b'{\n  "b": 2,\n  "a": [1, 2]\n}', b'{"c":"x\\ny"}']
+    assert ndjson(records) == b'{"b":2,"a":[1,2]}\n{"c":"x\\ny"}\n'
 
 
 def test_missing_optional_fields_fall_back_like_the_sdk() -> None:
@@ -46,6 +65,7 @@ def test_warnings_are_kept() -> None:
     ("raw", "message"),
     [
         (orjson.dumps({"status": "success", "data": {"id": 1}}), "no 'data' list"),
+        (orjson.dumps({"status": "success"}), "no 'data' list"),
         (body(data=[1, 2]), "something other than JSON objects"),
         (body(total=...), "pagination.total is missing"),
         (body(total=-1), "pagination.total is -1, not a count"),

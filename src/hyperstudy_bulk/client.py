@@ -106,14 +106,18 @@ class ApiClient:
         *,
         offset: int,
         limit: int,
+        id_field: str | None = None,
     ) -> Page:
-        """One page of a paginated data route at `offset`, retried as the policy allows."""
+        """One page of a paginated data route at `offset`, retried as the policy allows;
+        `id_field` names the record field whose values the Page lists as ids."""
         query = {**params, "offset": offset, "limit": limit}
         return await self._get(
             endpoint,
             segments,
             query,
-            lambda body: decode_page(body, requested_offset=offset, requested_limit=limit),
+            lambda body: decode_page(
+                body, requested_offset=offset, requested_limit=limit, id_field=id_field
+            ),
         )
 
     async def get_object(self, endpoint: str, segments: Sequence[str]) -> dict[str, Any]:

@@ -3,13 +3,19 @@
 Liberal where the contract is silent (pagination without `limit`/`offset`/`returned`, error
 bodies that are HTML or lack the envelope), strict where a wrong reading would corrupt the
 archive (`data` must be a list of objects, `total` a count, `nextOffset` ahead of `offset`).
+
+A page's records are kept as the exact JSON text the server sent (msgspec's `Raw`): they are
+checked to be objects and their ids read, but never decoded into Python objects and encoded
+again. That is both the fastest way to archive them and the most faithful (byte for byte).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import orjson
 
 from hyperstudy_bulk.errors import ApiError, AuthError, ContractError, TransportError
@@ -19,7 +25,10 @@ from hyperstudy_bulk.errors import ApiError, AuthError, ContractError, Transport
 class Page:
     """One page of a paginated data route, as the server described it."""
 
-    records: list[dict[str, Any]]
+    records: list[msgspec.Raw]
+    """Each record's JSON text, exactly as served."""
+    ids: list[Any]
+    """Each record's id field (None where absent; empty when the type has no id field)."""
     offset: int
     total: int
     limit: int
@@ -37,6 +46,22 @@ class Page:
         return self.next_offset if self.next_offset is not None else self.offset + self.returned
 
 
+class _Envelope(msgspec.Struct):
+    data: list[msgspec.Raw]
+    metadata: Any = None
+
+
+_ENVELOPE = msgspec.json.Decoder(_Envelope)
+
+
+@functools.cache
+def _ids_decoder(id_field: str | None) -> msgspec.json.Decoder[Any]:
+    """Reads only `data[*].<id_field>`, and fails unless every record is an object."""
+    record = msgspec.defstruct("Record", [(id_field, Any, None)] if id_field else [])
+    envelope = msgspec.defstruct("Ids", [("data", list[record])])  # type: ignore[valid-type]
+    return msgspec.json.Decoder(envelope)
+
+
 def decode_json(body: bytes) -> Any:
     """orjson, with undecodable bodies reported as a (retryable) transport fault."""
     try:
@@ -47,15 +72,25 @@ def decode_json(body: bytes) -> Any:
         ) from None
 
 
-def decode_page(body: bytes, *, requested_offset: int, requested_limit: int) -> Page:
+def decode_page(
+    body: bytes, *, requested_offset: int, requested_limit: int, id_field: str | None = None
+) -> Page:
     """Decode a 2xx body of `/data/{type}/{scope}/{id}` into a Page, checking the contract."""
-    document = decode_json(body)
-    if not isinstance(document, dict) or not isinstance(document.get("data"), list):
-        raise ContractError("response has no 'data' list")
-    records: list[Any] = document["data"]
-    if set(map(type, records)) - {dict}:
-        raise ContractError("'data' holds something other than JSON objects")
-    metadata = document.get("metadata")
+    try:
+        document = _ENVELOPE.decode(body)
+    except msgspec.ValidationError as error:
+        raise ContractError(f"response has no 'data' list ({error})") from None
+    except msgspec.DecodeError as error:
+        raise TransportError(
+            f"response body is not valid JSON ({error})", cause="bad-json"
+        ) from None
+    try:
+        ids_holder = _ids_decoder(id_field).decode(body)
+    except msgspec.ValidationError as error:
+        raise ContractError(f"'data' holds something other than JSON objects ({error})") from None
+    records = document.data
+    ids = [getattr(record, id_field) for record in ids_holder.data] if id_field else []
+    metadata = document.metadata
     pagination = metadata.get("pagination") if isinstance(metadata, dict) else None
     if not isinstance(pagination, dict):
         raise ContractError("response has no metadata.pagination")
@@ -85,6 +120,7 @@ def decode_page(body: bytes, *, requested_offset: int, requested_limit: int) -> 
     warnings = metadata.get("_warnings") if isinstance(metadata, dict) else None
     return Page(
         records=records,
+        ids=ids,
         offset=offset,
         total=total,
         limit=limit,

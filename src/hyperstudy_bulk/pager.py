@@ -2,8 +2,8 @@
 
 The first page tells the total and the effective limit; from then on up to `lookahead` pages
 are in flight, their offsets guessed with `pagination.next_requests` and checked against what
-the server says. Each page is re-encoded to NDJSON lines as soon as it arrives (the decoded
-objects are dropped), and chunks are handed to `on_chunk` strictly in offset order, so records
+the server says. Pages keep their records as the JSON text served (nothing is decoded into
+Python objects), and chunks are handed to `on_chunk` strictly in offset order, so records
 land on disk in the order the API serves them and memory is bounded by `lookahead` pages.
 """
 
@@ -14,22 +14,23 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from hyperstudy_bulk.client import ApiClient
 from hyperstudy_bulk.pagination import check_progress, next_requests
 from hyperstudy_bulk.plan import StreamSpec
-from hyperstudy_bulk.sinks import encode_record
 
 
 @dataclass(frozen=True)
 class Chunk:
-    """One page, ready to append: NDJSON lines, the records' ids, the server's figures."""
+    """One page, ready to append: the records' JSON texts and ids, the server's figures."""
 
     offset: int
     end: int
     total: int
     limit: int
     has_more: bool
-    lines: list[bytes]
+    records: list[msgspec.Raw]
     ids: list[Any]
     """The id field of each record (None where a record has none; all None for a type
     without an id field)."""
@@ -65,7 +66,9 @@ async def fetch_stream(
 
     async def fetch(offset: int, limit: int) -> Chunk:
         progress.requests += 1
-        page = await api.get_page(spec.endpoint, spec.segments, params, offset=offset, limit=limit)
+        page = await api.get_page(
+            spec.endpoint, spec.segments, params, offset=offset, limit=limit, id_field=id_field
+        )
         check_progress(offset=page.offset, end=page.end, total=page.total, has_more=page.has_more)
         return Chunk(
             offset=page.offset,
@@ -73,8 +76,8 @@ async def fetch_stream(
             total=page.total,
             limit=page.limit,
             has_more=page.has_more,
-            lines=[encode_record(record) for record in page.records],
-            ids=[record.get(id_field) for record in page.records] if id_field else [],
+            records=page.records,
+            ids=page.ids,
             warnings=page.warnings,
         )
 

@@ -79,6 +79,8 @@ class Kept:
     entity of a listing seen before)."""
     server_repeated: int
     """Ids repeated within this one response: duplicates in the server's own data."""
+    page_ids: set[Any]
+    """Every plain id on this page: the `previous` of the next page."""
 
 
 def drop_repeats(
@@ -92,6 +94,17 @@ def drop_repeats(
     inserted later shift offsets by a few places, so a repeat can only straddle one page
     boundary; memory stays bounded by a page whatever the stream's length.
     """
+    try:
+        distinct = set(ids)
+    except TypeError:  # an unhashable id: go record by record
+        distinct = set()
+    if (
+        len(distinct) == len(ids)
+        and None not in distinct
+        and distinct.isdisjoint(previous)
+        and distinct.isdisjoint(archived)
+    ):
+        return Kept(list(range(len(ids))), 0, 0, 0, distinct)  # the usual page: nothing to drop
     seen: set[Any] = set()
     kept: list[int] = []
     repeated = overlap = server_repeated = 0
@@ -108,4 +121,4 @@ def drop_repeats(
                 repeated += 1
             else:
                 kept.append(index)
-    return Kept(kept, repeated, overlap, server_repeated)
+    return Kept(kept, repeated, overlap, server_repeated, seen)

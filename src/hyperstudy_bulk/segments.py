@@ -29,7 +29,7 @@ from hyperstudy_bulk.pager import Chunk, StreamProgress, fetch_stream
 from hyperstudy_bulk.pagination import Kept, drop_repeats
 from hyperstudy_bulk.plan import StreamSpec
 from hyperstudy_bulk.progress import Monitor
-from hyperstudy_bulk.sinks import PART_SUFFIX, FileResult, ResumeMismatch, StreamSink
+from hyperstudy_bulk.sinks import PART_SUFFIX, FileResult, ResumeMismatch, StreamSink, ndjson
 
 T = TypeVar("T")
 OnIds = Callable[[Iterable[Any]], None]
@@ -226,29 +226,30 @@ class SegmentRunner:
         counted_total = False
 
         writer = _GroupWriter(sink, self.folder, capacity=self.settings.concurrency)
+        previous: set[Any] = set(checkpoint.recent_ids)
 
         async def accept(chunk: Chunk) -> None:
-            nonlocal counted_total
-            kept = (
-                drop_repeats(chunk.ids, set(checkpoint.recent_ids), known_ids)
-                if chunk.ids
-                else None
-            )
-            lines = chunk.lines if kept is None else [chunk.lines[i] for i in kept.indices]
-            data = b"".join(lines)
-            _advance(checkpoint, chunk, kept, len(lines), progress)
+            nonlocal counted_total, previous
+            kept = drop_repeats(chunk.ids, previous, known_ids) if chunk.ids else None
+            previous = kept.page_ids if kept else set()
+            records, ids = chunk.records, chunk.ids
+            if kept is not None and len(kept.indices) < len(records):
+                records = [records[i] for i in kept.indices]
+                ids = [ids[i] for i in kept.indices]
+            data = ndjson(records)
+            _advance(checkpoint, chunk, kept, len(records), progress)
             if not self._wrote:
                 self.before_first_write()
                 self._wrote = True
-            await writer.put(data, len(lines), checkpoint)
-            figures.records += len(lines)
+            await writer.put(data, len(records), checkpoint)
+            figures.records += len(records)
             figures.bytes += len(data)
             if not counted_total:
                 figures.expected += chunk.total
                 counted_total = True
             if on_ids is not None:
-                on_ids(chunk.ids if kept is None else (chunk.ids[i] for i in kept.indices))
-            self.monitor.on_page(name, len(lines))
+                on_ids(ids)
+            self.monitor.on_page(name, len(records))
 
         requests_before = progress.requests
         try:
@@ -381,4 +382,4 @@ def _advance(
         checkpoint.duplicates += kept.repeated
         checkpoint.overlap += kept.archived
         checkpoint.server_duplicates += kept.server_repeated
-    checkpoint.recent_ids = [i for i in chunk.ids if isinstance(i, str | int)]
+    checkpoint.recent_ids = chunk.ids

@@ -11,11 +11,15 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import orjson
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 PART_SUFFIX = ".part"
 _PLAIN = re.compile(r"[A-Za-z0-9_-]")
@@ -42,9 +46,19 @@ def safe_name(identifier: str) -> str:
     return encoded
 
 
-def encode_record(record: dict[str, Any]) -> bytes:
-    """One NDJSON line: the record as compact JSON (same keys, order and values) and a newline."""
-    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+def ndjson(records: Sequence[Buffer]) -> bytes:
+    """NDJSON bytes: each record's JSON text as served, one per line. A record whose text
+    holds a line break (a server that pretty-prints) is re-encoded compactly, keeping its keys,
+    their order and values, so every record stays on exactly one line."""
+    if not records:
+        return b""
+    joined = b"\n".join(records) + b"\n"
+    if joined.count(b"\n") == len(records) and b"\r" not in joined:
+        return joined
+    return b"".join(
+        orjson.dumps(orjson.loads(memoryview(record)), option=orjson.OPT_APPEND_NEWLINE)
+        for record in records
+    )
 
 
 @dataclass(frozen=True)
