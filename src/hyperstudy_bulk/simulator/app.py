@@ -552,7 +552,9 @@ class Dispatcher:
             return self.media_denied(template, "ExpiredToken")
         key = request_key("GET", request.raw_path.partition("?")[0], list(request.query.items()))
         key += "|" + request.headers.get("Range", "")
-        fault = sim.faults.draw(MEDIA_KINDS, sim.config.seed, key, sim.attempt(key))
+        attempt = sim.attempt(key)
+        await self.latency(key, attempt)
+        fault = sim.faults.draw(MEDIA_KINDS, sim.config.seed, key, attempt)
         if fault is not None:
             sim.stats.fault(fault)
         if fault == "media-reset":
@@ -578,6 +580,8 @@ class Dispatcher:
         for chunk in media.chunks(pattern, start, stop):
             await response.write(chunk)
             sim.stats.media_bytes_served += len(chunk)
+            if sim.config.media_mbps:
+                await sim.sleep(len(chunk) / (sim.config.media_mbps * 1e6))
         if stop < end:
             _drop(request)
             return response

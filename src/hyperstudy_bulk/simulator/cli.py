@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-page-size", type=int, default=10_000)
     p.add_argument("--media-bytes", type=int, default=200_000, help="mean recording size")
+    p.add_argument(
+        "--media-mbps", type=float, default=0.0, help="per-connection media MB/s (0: unthrottled)"
+    )
     return p
 
 
@@ -89,6 +92,7 @@ def to_argv(config: SimulatorConfig) -> list[str]:
         f"--faults={config.faults}",
         f"--max-page-size={config.max_page_size}",
         f"--media-bytes={config.media_bytes}",
+        f"--media-mbps={config.media_mbps}",
     ]
 
 
@@ -132,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             faults=args.faults,
             max_page_size=args.max_page_size,
             media_bytes=args.media_bytes,
+            media_mbps=args.media_mbps,
         )
         if not 0 <= args.port <= 65535:
             raise _UsageError(f"port {args.port} is out of range")

@@ -36,6 +36,9 @@ class SimulatorConfig:
     scopes: frozenset[str] = frozenset({"*"})
     media_bytes: int = 200_000
     media_url_ttl_s: float = 7 * 24 * 3600
+    media_mbps: float = 0.0
+    """Each media response's throughput in MB/s, like one stream from a storage host; 0 means
+    as fast as loopback goes. Media responses also wait `latency_ms` before their first byte."""
     file_size_skew: int = 0
     """Added to every recording row's fileSize: a server whose fileSize disagrees with the file."""
     cache_mb: int = 256
@@ -48,8 +51,8 @@ class SimulatorConfig:
         for name in ("records", "media_bytes", "cache_mb"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
-        if self.latency_ms < 0 or self.jitter_ms < 0:
-            raise ValueError("latency_ms and jitter_ms must be >= 0")
+        if self.latency_ms < 0 or self.jitter_ms < 0 or self.media_mbps < 0:
+            raise ValueError("latency_ms, jitter_ms and media_mbps must be >= 0")
         if self.rate_limit not in ("off", "production") and not (
             isinstance(self.rate_limit, int | float) and self.rate_limit > 0
         ):
