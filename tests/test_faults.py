@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,9 @@ from hyperstudy_bulk.datatypes import data_type_named
 from hyperstudy_bulk.simulator import FaultSpec, SimulatorConfig, serve
 
 BASE = {"seed": 31, "rooms": 2, "participants": 2, "records": 80}
+SNAPSHOT = datetime(2026, 6, 1, tzinfo=UTC)
+"""A fixed snapshot (after all the simulator's records): the query strings, and so the
+simulator's fault draws, are then the same on every run."""
 
 
 async def _archive_and_check(
@@ -28,7 +32,7 @@ async def _archive_and_check(
     async with serve(config) as sim:
         exp = sim.experiment_ids[0]
         async with Downloader(settings_for(sim, out, page_size=60, **options)) as downloader:
-            manifest = await downloader.archive(exp)
+            manifest = await downloader.archive(exp, now=SNAPSHOT)
         assert manifest.complete, [s.error for s in manifest.incomplete_streams]
         folder = archive_folder(out, exp)
         for path in DATA_TYPE_PATHS:
@@ -62,7 +66,7 @@ async def test_each_transient_fault_is_retried_to_an_exact_archive(
 
 async def test_responses_slower_than_the_timeout_are_retried(tmp_path: Path) -> None:
     config = SimulatorConfig(
-        **BASE, faults=FaultSpec.parse("slow=0.05,slow-s=5,spike=0.1,spike-ms=50")
+        **BASE, faults=FaultSpec.parse("slow=0.08,slow-s=5,spike=0.1,spike-ms=50")
     )
     result = await _archive_and_check(config, tmp_path, timeout=1.0)
     assert result["manifest"].requests["retries"]["timeout"] > 0  # type: ignore[attr-defined]
@@ -80,7 +84,7 @@ async def test_all_faults_mixed(tmp_path: Path) -> None:
 
 
 async def test_a_429_burst_pauses_every_worker_for_retry_after(tmp_path: Path) -> None:
-    config = SimulatorConfig(**BASE, faults=FaultSpec.parse("429-burst=0.03,burst=3,retry-after=1"))
+    config = SimulatorConfig(**BASE, faults=FaultSpec.parse("429-burst=0.1,burst=3,retry-after=1"))
     result = await _archive_and_check(config, tmp_path)
     stats = result["sim"]
     assert stats["rate_limited"] > 0  # type: ignore[index]

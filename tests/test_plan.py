@@ -101,9 +101,10 @@ def test_auto_picks_the_fewest_requests() -> None:
     )
 
 
-def test_auto_with_no_rooms_skips_the_per_room_types() -> None:
+def test_auto_with_no_rooms_still_asks_every_data_type() -> None:
     choice = choose_granularity(Granularity.AUTO, [EVENTS, ROOMS], [], totals={}, page_size=1000)
-    assert choice is Granularity.ROOM
+    assert choice is Granularity.EXPERIMENT
+    assert estimate_requests(Granularity.ROOM, [EVENTS], [], totals={}, page_size=1000) == 1
 
 
 def test_auto_never_trusts_a_capped_room_list() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import resource
 import signal
 import subprocess
 import sys
@@ -30,7 +31,10 @@ from hyperstudy_bulk.simulator import SimulatorConfig, serve, serve_in_thread
 from hyperstudy_bulk.simulator.server import SimulatorHandle
 
 CONFIG = SimulatorConfig(seed=41, rooms=3, participants=2, records=300, latency_ms=8)
-ARGS = ["--page-size", "100", "--concurrency", "4", "--progress", "none", "--granularity", "room"]
+ARGS = [
+    *("--page-size", "100", "--concurrency", "4", "--progress", "none"),
+    *("--granularity", "room", "--no-media"),
+]
 UNLIMITED = [
     "--rate-limit-per-hour",
     "1000000000",
@@ -223,3 +227,34 @@ def test_verify_of_a_folder_without_manifest_is_a_usage_error(
 ) -> None:
     assert main(["verify", str(tmp_path)]) == 2
     assert "is not an archive" in capsys.readouterr().err
+
+
+def test_a_full_disk_stops_cleanly_and_the_same_command_resumes(
+    threaded_sim: SimulatorHandle, tmp_path: Path
+) -> None:
+    """Files may not grow past 300 kB in the first run (the kernel answers EFBIG, as a full
+    disk answers ENOSPC); the run stops with exit 4 and one line, and resumes without it."""
+    sim = threaded_sim
+    out = tmp_path / "a"
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
+
+    first = subprocess.run(
+        _command(sim, out),
+        env=_env(sim),
+        preexec_fn=small_files,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert first.returncode == 4
+    line = first.stderr.strip().splitlines()[-1]
+    assert "cannot write" in line
+    assert "run the same command again to resume" in line
+    assert "Traceback" not in first.stderr
+    assert subprocess.run(_command(sim, out), env=_env(sim), timeout=120).returncode == 0
+    folder = archive_folder(out, sim.experiment_ids[0])
+    assert_exact(sim, folder)
+    assert main(["verify", str(folder)]) == 0

@@ -1,9 +1,10 @@
 """`hyperstudy-bulk`: argv -> Settings -> runner; exit codes; one-line messages.
 
 Exit codes: 0 archive complete; 1 finished but incomplete (verify: the archive is not whole);
-2 usage, configuration or input error (including an unknown experiment); 3 authentication or
-permission refused (401/403); 130 / 143 stopped by SIGINT (Ctrl-C) / SIGTERM, archive
-consistent and resumable.
+2 usage, configuration or input error (an unknown experiment, a TLS certificate that cannot be
+verified); 3 authentication or permission refused (401/403); 4 the archive could not be written
+(disk full, file too large): consistent and resumable; 130 / 143 stopped by SIGINT (Ctrl-C) /
+SIGTERM, consistent and resumable.
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ from rich.table import Table
 from hyperstudy_bulk._version import __version__
 from hyperstudy_bulk.api import Downloader
 from hyperstudy_bulk.config import OPTIONS, Settings, load_settings
-from hyperstudy_bulk.errors import AuthError, ConfigError, HyperStudyBulkError
+from hyperstudy_bulk.errors import (
+    AuthError,
+    ConfigError,
+    HyperStudyBulkError,
+    StorageError,
+    TlsError,
+)
 from hyperstudy_bulk.manifest import MANIFEST_NAME, Manifest, load_manifest
 from hyperstudy_bulk.progress import Monitor, make_renderer, summary_table
 from hyperstudy_bulk.runner import ExperimentNotFound
@@ -31,7 +38,8 @@ from hyperstudy_bulk.sinks import safe_name
 from hyperstudy_bulk.survey import survey_experiment
 from hyperstudy_bulk.verify import verify_archive
 
-EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_AUTH, EXIT_STORAGE = 0, 1, 2, 3, 4
+EXIT_INTERRUPTED = 130
 _FLAGS = {"quiet", "verbose", "allow_insecure_http", "media_only"}
 _NEGATED = {"media"}
 """Options on by default: their flag is --no-NAME (the environment and config can say true)."""
@@ -232,7 +240,7 @@ async def download_command(
                 monitor.note = _say
             code = await _archive_one(downloader, experiment_id, monitor, out, update=update)
             worst = max(worst, code)
-            if code == EXIT_AUTH:
+            if code in (EXIT_AUTH, EXIT_STORAGE):  # every further experiment would fail alike
                 break
     return worst
 
@@ -266,12 +274,15 @@ async def _archive_one(
     await renderer.start()
     try:
         manifest = await downloader.archive(experiment_id, monitor=monitor, update=update)
-    except (ExperimentNotFound, ConfigError) as error:
+    except (ExperimentNotFound, ConfigError, TlsError) as error:
         _say(str(error))
         return EXIT_USAGE
     except AuthError as error:
         _say(f"{error}: the API key was refused; check HYPERSTUDY_API_KEY (and its expiry)")
         return EXIT_AUTH
+    except StorageError as error:
+        _say(str(error))
+        return EXIT_STORAGE
     except HyperStudyBulkError as error:
         _say(f"{experiment_id}: {error}")
         return EXIT_INCOMPLETE

@@ -26,7 +26,7 @@ from hyperstudy_bulk._version import __version__
 from hyperstudy_bulk.budget import Budget
 from hyperstudy_bulk.config import ApiKey
 from hyperstudy_bulk.envelope import Page, decode_error, decode_object, decode_page
-from hyperstudy_bulk.errors import ApiError, TransportError
+from hyperstudy_bulk.errors import ApiError, TlsError, TransportError
 from hyperstudy_bulk.retry import RetryPolicy, call_with_retries
 
 T = TypeVar("T")
@@ -158,6 +158,11 @@ class ApiClient:
             raise TransportError(
                 f"no response within the timeout ({time.monotonic() - started:.0f} s)",
                 cause="timeout",
+            ) from None
+        except aiohttp.ClientSSLError as error:
+            raise TlsError(
+                f"the TLS certificate of {url.host} could not be verified ({error}); check "
+                "--base-url"
             ) from None
         except aiohttp.ClientPayloadError as error:
             raise TransportError(f"response body cut short ({error})", cause="truncated") from None

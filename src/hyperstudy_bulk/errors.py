@@ -64,6 +64,31 @@ class ContractError(HyperStudyBulkError):
     backwards). Ends the stream: retrying would not make the archive right."""
 
 
+class StorageError(HyperStudyBulkError):
+    """The archive could not be written (disk full, file too large, permissions). Ends the
+    run: every stream would fail the same way. What is on disk stays consistent."""
+
+    @classmethod
+    def from_os_error(cls, error: OSError) -> StorageError:
+        where = f" {error.filename}" if error.filename else ""
+        return cls(
+            f"cannot write{where}: {error.strerror or error}; free some space (or choose another "
+            "--out) and run the same command again to resume"
+        )
+
+
+class TlsError(HyperStudyBulkError):
+    """The server's TLS certificate could not be verified. Ends the run: it is the base URL
+    (or the network in between) that is wrong, and verification is never switched off."""
+
+
+def ends_run(error: BaseException) -> bool:
+    """Failures that stop every stream, not just the one that met them."""
+    if isinstance(error, AuthError):
+        return error.status == 401
+    return isinstance(error, StorageError | TlsError)
+
+
 def is_transient(error: BaseException) -> bool:
     """Whether repeating the request may help."""
     if isinstance(error, TransportError):

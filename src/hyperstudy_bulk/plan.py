@@ -151,7 +151,9 @@ def estimate_type_requests(
         Scope.PARTICIPANT: sum(max(1, len(room.participant_ids)) for room in unique),
     }[scope]
     pages = pages_needed(total, page_size) if total is not None else 1
-    return max(streams, pages) if streams else 0
+    # Even with no rooms listed, a data type costs a request: skipping it would leave the
+    # archive silent about whether the experiment has such records.
+    return max(streams, pages)
 
 
 def estimate_requests(

@@ -18,6 +18,7 @@ with the true state of every stream before this returns or raises.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections import deque
@@ -30,7 +31,7 @@ from typing import Any, TypeVar
 from hyperstudy_bulk.client import ApiClient
 from hyperstudy_bulk.config import Granularity, Settings
 from hyperstudy_bulk.datatypes import PARTICIPANTS, ROOMS, Scope, data_type_named
-from hyperstudy_bulk.errors import ApiError, ConfigError, HyperStudyBulkError
+from hyperstudy_bulk.errors import ApiError, ConfigError, HyperStudyBulkError, StorageError
 from hyperstudy_bulk.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -203,7 +204,10 @@ class _Run:
                 "rate_limited": self.api.budget.counters.rate_limited,
                 "paused_seconds": round(self.api.budget.counters.paused_seconds, 3),
             }
-            self.manifest.save(self.folder)
+            try:
+                self.manifest.save(self.folder)
+            except OSError as error:
+                raise StorageError.from_os_error(error) from None
             self.saved_at = now
 
 
@@ -297,7 +301,8 @@ async def archive_experiment(
     except ExperimentNotFound:
         raise
     except BaseException:
-        run.save(force=True)
+        with contextlib.suppress(StorageError):  # the checkpoints already hold the truth
+            run.save(force=True)
         raise
     run.save(force=True)
     for entry in manifest.streams:

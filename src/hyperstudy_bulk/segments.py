@@ -23,7 +23,7 @@ import orjson
 
 from hyperstudy_bulk.client import ApiClient
 from hyperstudy_bulk.config import Settings
-from hyperstudy_bulk.errors import AuthError, HyperStudyBulkError
+from hyperstudy_bulk.errors import HyperStudyBulkError, StorageError, ends_run
 from hyperstudy_bulk.manifest import Checkpoint, FileEntry, StreamEntry, load_checkpoint
 from hyperstudy_bulk.pager import Chunk, StreamProgress, fetch_stream
 from hyperstudy_bulk.pagination import Kept, drop_repeats
@@ -64,13 +64,15 @@ class Segment:
 
 async def uninterrupted(work: Callable[[], T]) -> T:
     """Run blocking disk work in a thread; if cancelled meanwhile, let it finish first so no
-    file is closed under it, then propagate the cancellation."""
+    file is closed under it, then propagate the cancellation. OSError becomes StorageError."""
     future = asyncio.ensure_future(asyncio.to_thread(work))
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
         await asyncio.wait([future])
         raise
+    except OSError as error:
+        raise StorageError.from_os_error(error) from None
 
 
 def ids_in(paths: Iterable[Path], id_field: str | None, *, last: int | None = None) -> list[Any]:
@@ -126,8 +128,11 @@ class SegmentRunner:
             failure = await self._fill(segment, entry, checkpoint, known_ids, on_ids)
         except HyperStudyBulkError as error:
             failure = error
-            if isinstance(error, AuthError) and error.status == 401:
+            if ends_run(error):
                 raise
+        except OSError as error:
+            failure = StorageError.from_os_error(error)
+            raise failure from None
         except BaseException:
             failure = IncompleteStream("interrupted")
             raise
@@ -290,7 +295,7 @@ class SegmentRunner:
                 progress=StreamProgress(),
             )
         except HyperStudyBulkError as error:
-            if isinstance(error, AuthError) and error.status == 401:
+            if ends_run(error):
                 raise
             return error
         return None

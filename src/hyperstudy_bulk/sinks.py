@@ -35,15 +35,20 @@ def safe_name(identifier: str) -> str:
     maps every file back to its id.
     """
     encoded = "".join(
-        char if _PLAIN.fullmatch(char) else "".join(f"%{byte:02X}" for byte in char.encode())
+        char if _PLAIN.fullmatch(char) else "".join(f"%{byte:02X}" for byte in _utf8(char))
         for char in identifier
     )
     if not encoded:
         encoded = "%00empty"
     if len(encoded) > MAX_NAME:
-        digest = hashlib.sha256(identifier.encode()).hexdigest()[:16]
+        digest = hashlib.sha256(_utf8(identifier)).hexdigest()[:16]
         encoded = f"{encoded[: MAX_NAME - 18]}~{digest}"
     return encoded
+
+
+def _utf8(text: str) -> bytes:
+    """UTF-8, keeping lone surrogates (a JSON id may hold one) so the encoding stays reversible."""
+    return text.encode("utf-8", "surrogatepass")
 
 
 def ndjson(records: Sequence[Buffer]) -> bytes:
