@@ -117,8 +117,9 @@ def test_kill_9_at_random_moments_then_resume_gives_every_record_exactly_once(
     assert extra <= kills * 4 * 4, (extra, kills)
 
 
-def test_sigterm_stops_within_seconds_and_the_same_command_resumes(
-    threaded_sim: SimulatorHandle, tmp_path: Path
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stop_signal_ends_within_seconds_and_the_same_command_resumes(
+    threaded_sim: SimulatorHandle, tmp_path: Path, signum: signal.Signals, code: int
 ) -> None:
     sim = threaded_sim
     out = tmp_path / "a"
@@ -127,10 +128,10 @@ def test_sigterm_stops_within_seconds_and_the_same_command_resumes(
     state = folder / STATE_DIR
     while not (state.is_dir() and any(state.iterdir())):
         assert process.poll() is None, "the download finished before it could be stopped"
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     _, err = process.communicate(timeout=10)
-    assert process.returncode == 143
-    assert "stopped by SIGTERM" in err
+    assert process.returncode == code
+    assert f"stopped by {signum.name}" in err
     assert "run the same command again to resume" in err
     assert "Traceback" not in err
     manifest = manifest_of(out, sim.experiment_ids[0])
