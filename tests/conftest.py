@@ -11,24 +11,12 @@ import pytest
 
 from hyperstudy_bulk.config import Settings, load_settings
 from hyperstudy_bulk.manifest import Manifest, load_manifest
-from hyperstudy_bulk.simulator import SimulatorConfig, serve
+from hyperstudy_bulk.simulator import DATA_TYPES, SimulatorConfig, serve
 from hyperstudy_bulk.simulator.server import SimulatorHandle
 from hyperstudy_bulk.sinks import safe_name
 
 SMALL = SimulatorConfig(seed=11, rooms=3, participants=2, records=120)
-DATA_TYPE_PATHS = (
-    "events",
-    "recordings",
-    "chat",
-    "videochat",
-    "ratings/continuous",
-    "ratings/sparse",
-    "sync",
-    "components",
-    "eyetracking",
-    "participants",
-    "rooms",
-)
+DATA_TYPE_PATHS = DATA_TYPES
 
 
 @pytest.fixture
@@ -54,6 +42,11 @@ def settings_for(sim: SimulatorHandle, out: Path, **options: object) -> Settings
         environ={},
         cwd=out.parent,
     )
+
+
+def cli_options(sim: SimulatorHandle) -> list[str]:
+    """Command-line options pointing `hyperstudy-bulk download` at the simulator, quietly."""
+    return ["--api-key", sim.api_key, "--base-url", sim.base_url, "--progress", "none"]
 
 
 def archive_folder(out: Path, experiment_id: str) -> Path:

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from conftest import archive_folder, manifest_of, read_type, settings_for
+from conftest import archive_folder, cli_options, manifest_of, read_type, settings_for
 
 from hyperstudy_bulk.api import Downloader
 from hyperstudy_bulk.cli import main
@@ -95,19 +95,7 @@ async def test_update_from_the_command_line(tmp_path: Path) -> None:
         await _archive(sim, tmp_path)
         sim.mutate(exp, "events", append=3)
         folder = archive_folder(tmp_path, exp)
-        args = [
-            "download",
-            "--update",
-            str(folder),
-            "--api-key",
-            sim.api_key,
-            "--base-url",
-            sim.base_url,
-            "--progress",
-            "none",
-            "--data-types",
-            TYPES,
-        ]
+        args = ["download", "--update", str(folder), *cli_options(sim), "--data-types", TYPES]
         assert await asyncio.to_thread(main, args) == 0
         assert len(manifest_of(tmp_path, exp).snapshots) == 2
         assert (

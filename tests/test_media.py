@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import archive_folder, manifest_of, settings_for
+from conftest import archive_folder, cli_options, manifest_of, settings_for
 
 from hyperstudy_bulk.api import Downloader
 from hyperstudy_bulk.cli import main
@@ -242,18 +242,8 @@ def cli_sim() -> Iterator[SimulatorHandle]:
 def cli(sim: SimulatorHandle, out: Path, *extra: str) -> int:
     return main(
         [
-            "download",
-            sim.experiment_ids[0],
-            "--out",
-            str(out),
-            "--api-key",
-            sim.api_key,
-            "--base-url",
-            sim.base_url,
-            "--progress",
-            "none",
-            "--data-types",
-            "recordings,chat",
+            *("download", sim.experiment_ids[0], "--out", str(out), *cli_options(sim)),
+            *("--data-types", "recordings,chat"),
             *extra,
         ]
     )

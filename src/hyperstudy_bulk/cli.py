@@ -222,6 +222,11 @@ def _check_id(experiment_id: str) -> str:
     return experiment_id
 
 
+def _refused(error: AuthError) -> int:
+    _say(f"{error}: the API key was refused; check HYPERSTUDY_API_KEY (and its expiry)")
+    return EXIT_AUTH
+
+
 def _say(message: str) -> None:
     sys.stderr.write(f"hyperstudy-bulk: {message}\n")
 
@@ -278,8 +283,7 @@ async def _archive_one(
         _say(str(error))
         return EXIT_USAGE
     except AuthError as error:
-        _say(f"{error}: the API key was refused; check HYPERSTUDY_API_KEY (and its expiry)")
-        return EXIT_AUTH
+        return _refused(error)
     except StorageError as error:
         _say(str(error))
         return EXIT_STORAGE
@@ -339,8 +343,7 @@ async def _plan(settings: Settings, experiment_ids: Sequence[str]) -> int:
                 _say(str(error))
                 return EXIT_USAGE
             except AuthError as error:
-                _say(f"{error}: the API key was refused; check HYPERSTUDY_API_KEY")
-                return EXIT_AUTH
+                return _refused(error)
             table = Table(
                 title=f"Plan for {experiment_id}: {survey.rooms} rooms, "
                 f"granularity {survey.granularity}"

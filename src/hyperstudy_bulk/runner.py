@@ -279,8 +279,9 @@ async def archive_experiment(
     snapshot. Returns the saved manifest.
 
     Raises ExperimentNotFound (before anything is written), ConfigError (output folder, an
-    impossible granularity, one unlike the archive's, nothing to update) and AuthError for a
-    401; every other failure ends only its stream and is recorded in the manifest.
+    impossible granularity, one unlike the archive's, nothing to update), and what ends every
+    stream alike: AuthError for a 401, StorageError (disk full), TlsError. Any other failure
+    ends only its stream and is recorded in the manifest.
     """
     folder = prepare_folder(settings.out, experiment_id)
     if settings.media_only and not (folder / MANIFEST_NAME).exists():
@@ -290,12 +291,8 @@ async def archive_experiment(
     monitor.experiment_id = experiment_id
     run = _Run(api, settings, folder, manifest, monitor)
     try:
-        if settings.media_only:
-            pass
-        elif was_complete:
-            await _refetch_changed(run)
-        else:
-            await _crawl(run)
+        if not settings.media_only:
+            await (_refetch_changed(run) if was_complete else _crawl(run))
         if settings.media or settings.media_only:
             await _fetch_media(run)
     except ExperimentNotFound:
