@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hyperstudy_bulk.cli import main
-from hyperstudy_bulk.simulator import FaultSpec, SimulatorConfig, serve_in_thread
+from hyperstudy_bulk.simulator import DATA_TYPES, FaultSpec, SimulatorConfig, serve_in_thread
 from hyperstudy_bulk.simulator.server import SimulatorHandle
 
 CONFIG = SimulatorConfig(seed=21, rooms=2, participants=2, records=60)
@@ -222,3 +222,26 @@ def test_the_key_never_appears_in_anything_a_run_produces(
     for path in (tmp_path / "a").rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize("mode", ["log", "bar"])
+def test_progress_shows_records_requests_and_429s(
+    env: Path, sim: SimulatorHandle, capsys: pytest.CaptureFixture[str], mode: str
+) -> None:
+    exp = sim.experiment_ids[0]
+    assert main(["download", exp, "--out", "arch", *FAST[2:], "--progress", mode]) == 0
+    captured = capsys.readouterr()
+    records = sum(sim.dataset.total(p, "experiment", exp) for p in DATA_TYPES)
+    if mode == "log":
+        last = captured.err.strip().splitlines()[-1]
+        assert f"{records:,}/{records:,} records" in last
+        assert "11/11 streams" in last
+        assert "x 429" in last
+        assert "ETA" in last
+    else:
+        for name in ("eyetracking", "ratings-continuous", "rooms"):
+            assert name in captured.err
+        assert "x429" in captured.err
+        assert "req" in captured.err
+    assert "archive complete" in captured.out
+    assert "Archived experiment" in captured.out

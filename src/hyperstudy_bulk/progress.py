@@ -198,12 +198,17 @@ class BarRenderer(Renderer):
             transient=False,
         )
         self._tasks: dict[str, TaskID] = {}
+        self._shown = False
 
     async def _run(self) -> None:
         with Live(Group(self._progress, self._media_bar), console=self._progress.console):
-            while True:
-                self._refresh()
-                await asyncio.sleep(0.2)
+            self._shown = True
+            try:
+                while True:
+                    self._refresh()
+                    await asyncio.sleep(0.2)
+            finally:
+                self._refresh()  # the frame Live leaves behind is the final one
 
     def _refresh(self) -> None:
         for name, figures in self.monitor.types.items():
@@ -227,7 +232,11 @@ class BarRenderer(Renderer):
             )
 
     def final(self) -> None:
+        """The bars' last state; printed here when the run ended before the live display
+        started (a quick run), so the figures are always shown once."""
         self._refresh()
+        if not self._shown:
+            self._progress.console.print(Group(self._progress, self._media_bar))
 
 
 def make_renderer(mode: ProgressMode, monitor: Monitor, *, quiet: bool) -> Renderer:
