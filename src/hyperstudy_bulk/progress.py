@@ -181,7 +181,7 @@ class BarRenderer(Renderer):
         self._progress = Progress(
             TextColumn("{task.description:<20}"),
             BarColumn(),
-            TextColumn("{task.completed:>12,.0f}/{task.total:<12,.0f} records"),
+            TextColumn("{task.fields[counts]:>27} records"),
             TextColumn("{task.fields[requests]:>7,} req"),
             TextColumn("{task.fields[limited]:>4} x429"),
             TimeRemainingColumn(),
@@ -213,13 +213,17 @@ class BarRenderer(Renderer):
     def _refresh(self) -> None:
         for name, figures in self.monitor.types.items():
             if name not in self._tasks:
-                self._tasks[name] = self._progress.add_task(name, total=None, requests=0, limited=0)
+                self._tasks[name] = self._progress.add_task(
+                    name, total=None, requests=0, limited=0, counts=""
+                )
+            total = max(figures.expected, figures.records) or None
             self._progress.update(
                 self._tasks[name],
                 completed=figures.records,
-                total=max(figures.expected, figures.records) or None,
+                total=total,
                 requests=figures.requests,
                 limited=self.monitor.rate_limited(),
+                counts=f"{figures.records:,}/{'?' if total is None else f'{total:,}'}",
             )
         media = self.monitor.media
         if media.files:

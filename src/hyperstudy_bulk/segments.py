@@ -229,6 +229,13 @@ class SegmentRunner:
         progress = StreamProgress(requests=checkpoint.requests, warnings=checkpoint.warnings)
         figures.records += checkpoint.records
         counted_total = False
+        counted_requests = progress.requests
+
+        def count_requests() -> None:
+            """Bring the live request figure up to date (the pager counts as it sends)."""
+            nonlocal counted_requests
+            figures.requests += progress.requests - counted_requests
+            counted_requests = progress.requests
 
         writer = _GroupWriter(sink, self.folder, capacity=self.settings.concurrency)
         previous: set[Any] = set(checkpoint.recent_ids)
@@ -249,6 +256,7 @@ class SegmentRunner:
             await writer.put(data, len(records), checkpoint)
             figures.records += len(records)
             figures.bytes += len(data)
+            count_requests()
             if not counted_total:
                 figures.expected += chunk.total
                 counted_total = True
@@ -256,7 +264,6 @@ class SegmentRunner:
                 on_ids(ids)
             self.monitor.on_page(name, len(records))
 
-        requests_before = progress.requests
         try:
             await fetch_stream(
                 self.api,
@@ -271,7 +278,7 @@ class SegmentRunner:
             await writer.close()
         finally:
             await writer.stop()
-            figures.requests += progress.requests - requests_before
+            count_requests()
             checkpoint.requests = progress.requests
             checkpoint.warnings = progress.warnings
             checkpoint.files = _entries(sink.files)
