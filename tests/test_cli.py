@@ -130,6 +130,15 @@ def test_out_that_is_a_file_exits_2(
     assert "cannot create --out taken/inside" in one_line(capsys.readouterr().err)
 
 
+def test_out_that_cannot_be_written_exits_2(
+    env: Path, sim: SimulatorHandle, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        main(["download", sim.experiment_ids[0], "--out", "/proc/hyperstudy-archive", *FAST]) == 2
+    )
+    assert "cannot create --out /proc/hyperstudy-archive" in one_line(capsys.readouterr().err)
+
+
 def test_malformed_config_file_exits_2_naming_the_line(
     env: Path, sim: SimulatorHandle, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -3,6 +3,9 @@ responses that break the contract end their stream with a clear error, never a w
 
 from __future__ import annotations
 
+import asyncio
+import ssl
+import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,6 +24,7 @@ from hyperstudy_bulk.api import Downloader
 from hyperstudy_bulk.cli import main
 from hyperstudy_bulk.config import Settings, load_settings
 from hyperstudy_bulk.datatypes import data_type_named
+from hyperstudy_bulk.errors import TlsError
 from hyperstudy_bulk.simulator import SimulatorConfig, serve
 from hyperstudy_bulk.sinks import safe_name
 
@@ -150,3 +154,41 @@ async def test_the_key_is_not_sent_across_a_redirect(tmp_path: Path) -> None:
     assert not manifest.complete
     assert "HTTP 302" in (manifest.streams[0].error or "")
     assert seen == [("/api/v3/data/rooms/experiment/exp1", KEY)]
+
+
+async def test_a_certificate_that_cannot_be_verified_ends_the_run(tmp_path: Path) -> None:
+    """TLS verification is never switched off: a self-signed server is refused at once."""
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    await asyncio.to_thread(
+        subprocess.run,
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    seen: list[str] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        seen.append(request.path)
+        return web.json_response(EMPTY)
+
+    app = web.Application()
+    app.router.add_route("GET", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    base = f"https://127.0.0.1:{runner.addresses[0][1]}/api/v3"
+    try:
+        settings = settings_for_base(base, tmp_path / "out", data_types="rooms")
+        async with Downloader(settings) as downloader:
+            with pytest.raises(TlsError, match="could not be verified"):
+                await downloader.archive("exp1")
+    finally:
+        await runner.cleanup()
+    assert seen == []
+    assert not (tmp_path / "out" / "exp1").exists()
