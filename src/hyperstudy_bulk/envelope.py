@@ -12,6 +12,7 @@ again. That is both the fastest way to archive them and the most faithful (byte 
 from __future__ import annotations
 
 import functools
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,7 +90,7 @@ def decode_page(
     except msgspec.ValidationError as error:
         raise ContractError(f"'data' holds something other than JSON objects ({error})") from None
     records = document.data
-    ids = [getattr(record, id_field) for record in ids_holder.data] if id_field else []
+    ids = list(map(operator.attrgetter(id_field), ids_holder.data)) if id_field else []
     metadata = document.metadata
     pagination = metadata.get("pagination") if isinstance(metadata, dict) else None
     if not isinstance(pagination, dict):

@@ -57,7 +57,7 @@ def ndjson(records: Sequence[Buffer]) -> bytes:
     their order and values, so every record stays on exactly one line."""
     if not records:
         return b""
-    joined = b"\n".join(records) + b"\n"
+    joined = b"\n".join([*records, b""])  # the empty last item ends the last line
     if joined.count(b"\n") == len(records) and b"\r" not in joined:
         return joined
     return b"".join(
