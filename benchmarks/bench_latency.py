@@ -43,7 +43,7 @@ from hyperstudy_bulk.plan import RequestBudget, estimate_seconds
 from hyperstudy_bulk.simulator import ProcessHandle, SimulatorConfig, serve_in_subprocess
 
 LATENCY_MS = 30.0
-REPEATS = 3
+REPEATS = 5
 TARGET = 20.0
 UNLIMITED = [
     *("--rate-limit-per-hour", str(10**9)),

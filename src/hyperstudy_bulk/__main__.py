@@ -1,5 +1,5 @@
 """`python -m hyperstudy_bulk` is the `hyperstudy-bulk` command."""
 
-from hyperstudy_bulk.cli import main
+from hyperstudy_bulk.cli import entry
 
-raise SystemExit(main())
+raise SystemExit(entry())

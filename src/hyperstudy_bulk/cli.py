@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import gc
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
@@ -104,6 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
         "simulate", help="run the API simulator (see simulate --help)", add_help=False
     )
     return parser
+
+
+def entry() -> int:
+    """The console script: `main()` tuned for a whole process. Archiving allocates many small,
+    short-lived, acyclic objects (a few per record), which set off cyclic collections that find
+    nothing; so everything imported so far (it lives as long as the process) is frozen out of
+    the collector's view, and the youngest generation is collected every 50,000 allocations
+    instead of 700. Together about 8% of a run's time; reference counting still frees memory
+    as usual."""
+    gc.freeze()
+    gc.set_threshold(50_000, 10, 10)
+    return main()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

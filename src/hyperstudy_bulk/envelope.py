@@ -47,7 +47,7 @@ class Page:
         return self.next_offset if self.next_offset is not None else self.offset + self.returned
 
 
-class _Envelope(msgspec.Struct):
+class _Envelope(msgspec.Struct, gc=False):
     data: list[msgspec.Raw]
     metadata: Any = None
 
@@ -58,8 +58,9 @@ _ENVELOPE = msgspec.json.Decoder(_Envelope)
 @functools.cache
 def _ids_decoder(id_field: str | None) -> msgspec.json.Decoder[Any]:
     """Reads only `data[*].<id_field>`, and fails unless every record is an object."""
-    record = msgspec.defstruct("Record", [(id_field, Any, None)] if id_field else [])
-    envelope = msgspec.defstruct("Ids", [("data", list[record])])  # type: ignore[valid-type]
+    # gc=False: these short-lived holders form no cycles, so the collector need not track them.
+    record = msgspec.defstruct("Record", [(id_field, Any, None)] if id_field else [], gc=False)
+    envelope = msgspec.defstruct("Ids", [("data", list[record])], gc=False)  # type: ignore[valid-type]
     return msgspec.json.Decoder(envelope)
 
 
