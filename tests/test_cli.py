@@ -254,3 +254,17 @@ def test_progress_shows_records_requests_and_429s(
         assert "req" in captured.err
     assert "archive complete" in captured.out
     assert "Archived experiment" in captured.out
+
+
+def test_a_second_download_shows_what_the_archive_holds(
+    env: Path, sim: SimulatorHandle, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exp = sim.experiment_ids[0]
+    assert main(["download", exp, "--out", "arch", *FAST]) == 0
+    capsys.readouterr()
+    assert main(["download", exp, "--out", "arch", *FAST]) == 0
+    captured = capsys.readouterr()
+    events = sim.dataset.total("events", "experiment", exp)
+    assert "nothing changed" in captured.err
+    assert f"{events:,}" in captured.out
+    assert "archive complete" in captured.out

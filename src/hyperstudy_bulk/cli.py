@@ -305,7 +305,7 @@ async def _archive_one(
         return EXIT_INCOMPLETE
     finally:
         await renderer.stop()
-    out.print(summary_table(monitor))
+    out.print(summary_table(manifest, monitor))
     folder = settings.out / safe_name(experiment_id)
     media = settings.media or settings.media_only
     return max(_report(manifest, folder, media=media), _report_media(manifest, folder, media))

@@ -28,6 +28,7 @@ from rich.progress import (
 from rich.table import Table
 
 from hyperstudy_bulk.config import ProgressMode
+from hyperstudy_bulk.manifest import Manifest, StreamEntry
 
 
 @dataclass
@@ -252,9 +253,13 @@ def make_renderer(mode: ProgressMode, monitor: Monitor, *, quiet: bool) -> Rende
     return LogRenderer(monitor, sys.stderr)
 
 
-def summary_table(monitor: Monitor) -> Table:
-    """The final table: per data type, streams, records, requests, size and state."""
-    table = Table(title=f"Archived experiment {monitor.experiment_id}")
+def summary_table(manifest: Manifest, monitor: Monitor) -> Table:
+    """The final table: what the archive holds per data type (from its manifest, so a resumed
+    or re-checked archive shows all of it), and the requests this run made."""
+    table = Table(
+        title=f"Archived experiment {manifest.experiment_id}",
+        caption="requests: those this run made",
+    )
     for column, justify in (
         ("data type", "left"),
         ("streams", "right"),
@@ -264,20 +269,29 @@ def summary_table(monitor: Monitor) -> Table:
         ("state", "left"),
     ):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    for name, t in monitor.types.items():
-        state = "complete" if t.incomplete == 0 and t.streams_done == t.streams else "INCOMPLETE"
+    by_type: dict[str, list[StreamEntry]] = {}
+    for entry in manifest.streams:
+        by_type.setdefault(entry.data_type, []).append(entry)
+    for name, entries in by_type.items():
+        broken = sum(entry.status != "complete" for entry in entries)
         table.add_row(
             name,
-            str(t.streams),
-            f"{t.records:,}",
-            f"{t.requests:,}",
-            f"{t.bytes / 1e6:.2f}",
-            state,
+            str(len({entry.key for entry in entries})),
+            f"{sum(entry.records for entry in entries):,}",
+            f"{monitor.types[name].requests:,}" if name in monitor.types else "0",
+            f"{sum(entry.bytes for entry in entries) / 1e6:.2f}",
+            "complete" if not broken else f"{broken} INCOMPLETE",
         )
-    media = monitor.media
-    if media.files:
-        state = "complete" if media.files_done == media.files else f"{media.failed} FAILED"
-        table.add_row("media files", str(media.files), "-", "-", f"{media.bytes / 1e6:.2f}", state)
+    if manifest.media:
+        failed = sum(item.status != "complete" for item in manifest.media)
+        table.add_row(
+            "media files",
+            str(len(manifest.media)),
+            "-",
+            "-",
+            f"{sum(item.bytes for item in manifest.media) / 1e6:.2f}",
+            "complete" if not failed else f"{failed} FAILED",
+        )
     return table
 
 
