@@ -259,3 +259,33 @@ def test_a_full_disk_stops_cleanly_and_the_same_command_resumes(
     folder = archive_folder(out, sim.experiment_ids[0])
     assert_exact(sim, folder)
     assert main(["verify", str(folder)]) == 0
+
+
+def test_a_full_disk_during_media_stops_cleanly_too(
+    threaded_sim: SimulatorHandle, tmp_path: Path
+) -> None:
+    sim = threaded_sim
+    out = tmp_path / "a"
+    assert subprocess.run(_command(sim, out), env=_env(sim), timeout=120).returncode == 0
+    media_only = [
+        *(sys.executable, "-m", "hyperstudy_bulk", "download", sim.experiment_ids[0]),
+        *("--out", str(out), "--media-only", "--progress", "none", *UNLIMITED),
+    ]
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
+
+    first = subprocess.run(
+        media_only,
+        env=_env(sim),
+        preexec_fn=small_files,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert first.returncode == 4
+    assert "Traceback" not in first.stderr
+    assert "run the same command again to resume" in first.stderr
+    assert subprocess.run(media_only, env=_env(sim), timeout=120).returncode == 0
+    assert main(["verify", str(archive_folder(out, sim.experiment_ids[0]))]) == 0

@@ -33,7 +33,13 @@ import orjson
 from hyperstudy_bulk._version import __version__
 from hyperstudy_bulk.client import ApiClient
 from hyperstudy_bulk.config import Settings, is_loopback
-from hyperstudy_bulk.errors import ApiError, ContractError, HyperStudyBulkError, TransportError
+from hyperstudy_bulk.errors import (
+    ApiError,
+    ContractError,
+    HyperStudyBulkError,
+    StorageError,
+    TransportError,
+)
 from hyperstudy_bulk.manifest import Manifest, MediaEntry, fsync_directory
 from hyperstudy_bulk.progress import MediaProgress
 from hyperstudy_bulk.retry import RetryPolicy, call_with_retries
@@ -336,6 +342,11 @@ class MediaFetcher:
                 raise
             self._failed(entry, part, error)
             return
+        except OSError as error:
+            if isinstance(error, TimeoutError | aiohttp.ClientError):
+                raise
+            # The disk, not this file: every other file would fail alike, so the run ends.
+            raise StorageError.from_os_error(error) from None
         finally:
             part.close()
         entry.bytes, entry.status = part.size, "complete"
