@@ -69,7 +69,6 @@ class TokenBucketBudget:
         await bucket.acquire()
         await self._key.acquire()
         await self._gate.wait()
-        self.counters.sent += 1
         yield
 
     def rate_limited(self, retry_after: float) -> None:

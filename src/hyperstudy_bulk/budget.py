@@ -64,7 +64,6 @@ class PauseGate:
 
 @dataclass
 class BudgetCounters:
-    sent: int = 0
     rate_limited: int = 0
     paused_seconds: float = 0.0
 
@@ -117,7 +116,6 @@ class Budget:
             self._key.release_now()
             raise
         self._in_flight += 1
-        self.counters.sent += 1
         try:
             yield
         finally:

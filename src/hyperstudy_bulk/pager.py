@@ -42,7 +42,6 @@ class StreamProgress:
     """Requests a stream made, for the manifest and the progress display."""
 
     requests: int = 0
-    wasted_requests: int = 0
     warnings: list[str] = field(default_factory=list)
 
 
@@ -105,10 +104,8 @@ async def fetch_stream(
             chunk = await task
             await accept(chunk)
             for offset in [offset for offset in in_flight if offset < chunk.end]:
-                progress.wasted_requests += 1
                 in_flight.pop(offset)[1].cancel()
     finally:
-        progress.wasted_requests += len(in_flight)
         for _, task in in_flight.values():
             task.cancel()
         if in_flight:

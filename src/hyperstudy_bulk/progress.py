@@ -42,7 +42,6 @@ class TypeProgress:
     """Sum of the server's totals of the streams that have reported one."""
     requests: int = 0
     bytes: int = 0
-    incomplete: int = 0
 
 
 @dataclass

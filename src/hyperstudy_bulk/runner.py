@@ -181,7 +181,6 @@ class _Run:
         finally:
             entry.finished_at = iso_utc(datetime.now(UTC))
             figures.streams_done += 1
-            figures.incomplete += entry.status != "complete"
             self.save(force=False)
 
     def save(self, *, force: bool, create: bool = False) -> None:
@@ -199,6 +198,7 @@ class _Run:
             stats = self.api.stats
             self.manifest.requests = {
                 "sent": stats.requests,
+                "bytes_received": stats.bytes_received,
                 "by_status": {str(k): v for k, v in sorted(stats.by_status.items())},
                 "retries": dict(stats.retries),
                 "rate_limited": self.api.budget.counters.rate_limited,
