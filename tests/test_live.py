@@ -137,3 +137,30 @@ async def test_late_records_in_a_complete_archive_are_fetched_again(tmp_path: Pa
             sim, "eyetracking", first.snapshot_end_time
         )
         assert main(["verify", str(folder)]) == 0
+
+
+async def test_late_records_in_an_earlier_window_leave_later_windows_untouched(
+    tmp_path: Path,
+) -> None:
+    async with serve(CONFIG) as sim:
+        exp = sim.experiment_ids[0]
+        first = await _archive(sim, tmp_path)
+        added = sim.mutate(exp, "events", append=20)
+        latest = max(datetime.fromisoformat(r["timestamp"]) for r in added)
+        updated = await _archive(sim, tmp_path, update=True, now=latest + timedelta(seconds=1))
+        folder = archive_folder(tmp_path, exp)
+        second_window = folder / "events" / "experiment-00002.ndjson"
+        kept = second_window.read_bytes()
+        late = sim.mutate(exp, "events", insert=3)
+        assert all(r["timestamp"] < first.snapshot_end_time for r in late)
+        again = await _archive(sim, tmp_path)
+        assert again.complete
+        assert second_window.read_bytes() == kept
+        events = [e for e in again.streams if e.data_type == "events"]
+        assert [f.path for e in events for f in e.files] == [
+            "events/experiment-00003.ndjson",
+            "events/experiment-00002.ndjson",
+        ]
+        assert not (folder / "events" / "experiment-00001.ndjson").exists()
+        assert read_type(folder, "events") == served(sim, "events", updated.snapshot_end_time)
+        assert main(["verify", str(folder)]) == 0

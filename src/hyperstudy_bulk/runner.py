@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
@@ -53,6 +54,7 @@ from hyperstudy_bulk.segments import OnIds, Segment, SegmentRunner, ids_in, summ
 from hyperstudy_bulk.sinks import safe_name
 
 T = TypeVar("T")
+_PART_NUMBER = re.compile(r"-(\d{5})\.ndjson$")
 ROOMS_LISTING_CAP = 5000
 """The API lists at most this many rooms (contract §3.1): a longer list may be cut short."""
 
@@ -107,15 +109,28 @@ class _Run:
     def window(self) -> int:
         return len(self.manifest.snapshots) - 1
 
-    def segment(self, spec: StreamSpec, window: int) -> Segment:
+    def segment(self, spec: StreamSpec, window: int, first_part: int | None = None) -> Segment:
+        """The stream over snapshot window `window`; its part numbers follow the earlier
+        windows' unless `first_part` says otherwise."""
         earlier = [self.entries.get((spec.key, w)) for w in range(window)]
         return Segment(
             spec,
             window,
             start_time=self.manifest.snapshots[window - 1] if window else None,
             end_time=self.manifest.snapshots[window],
-            first_part=1 + sum(len(e.files) for e in earlier if e is not None),
+            first_part=first_part or 1 + sum(len(e.files) for e in earlier if e is not None),
         )
+
+    def next_part(self, key: str) -> int:
+        """The first part number no file of the stream uses, in any window."""
+        numbers = [
+            int(match.group(1))
+            for entry in self.manifest.streams
+            if entry.key == key
+            for file in entry.files
+            if (match := _PART_NUMBER.search(file.path))
+        ]
+        return 1 + max(numbers, default=0)
 
     def entry_for(self, segment: Segment) -> StreamEntry:
         spec = segment.spec
@@ -150,12 +165,13 @@ class _Run:
         spec: StreamSpec,
         *,
         window: int | None = None,
+        first_part: int | None = None,
         write: bool = True,
         on_ids: OnIds | None = None,
     ) -> HyperStudyBulkError | None:
         """Bring one stream's window (the current one by default) to complete on disk, or with
         write=False only report its ids. Returns the error that ended it, or None."""
-        segment = self.segment(spec, self.window if window is None else window)
+        segment = self.segment(spec, self.window if window is None else window, first_part)
         if not write:
             return await self.segments.ids_only(segment, on_ids or (lambda ids: None))
         entry = self.entry_for(segment)
@@ -334,6 +350,9 @@ async def _crawl(run: _Run) -> None:
     discovered = {ROOMS, PARTICIPANTS} if granularity is Granularity.PARTICIPANT else {ROOMS}
     specs = plan_streams(manifest.experiment_id, settings.data_types, granularity, rooms)
     await _run_all(run, [spec for spec in specs if spec.data_type not in discovered])
+    await _refetch(
+        run, [e for e in manifest.streams if e.window < run.window and e.status != "complete"]
+    )
 
 
 async def _refetch_changed(run: _Run) -> None:
@@ -365,11 +384,24 @@ async def _refetch_changed(run: _Run) -> None:
     for entry in changed:
         entry.status = "pending"
         drop_checkpoint(run.folder, f"{entry.key}#{entry.window}")
-    await _run_all(
-        run,
-        [_spec_of(entry) for entry in changed],
-        windows={entry.key: entry.window for entry in changed},
-    )
+    await _refetch(run, changed)
+
+
+async def _refetch(run: _Run, entries: Sequence[StreamEntry]) -> None:
+    """Fetch these stream windows again into part numbers after every existing one; their old
+    files are removed only once the new ones are complete, so a failure loses nothing and no
+    other window's files are touched. An interrupted refetch resumes from its checkpoint."""
+
+    async def one(entry: StreamEntry) -> None:
+        old = {file.path for file in entry.files}
+        failure = await run.run_stream(
+            _spec_of(entry), window=entry.window, first_part=run.next_part(entry.key)
+        )
+        if failure is None:
+            for path in old - {file.path for file in entry.files}:
+                (run.folder / path).unlink(missing_ok=True)
+
+    await _pool(entries, run.settings.concurrency, one)
 
 
 def _spec_of(entry: StreamEntry) -> StreamSpec:
@@ -461,15 +493,9 @@ async def _run_all(
     run: _Run,
     specs: Sequence[StreamSpec],
     job: Callable[[StreamSpec], Awaitable[object]] | None = None,
-    windows: dict[str, int] | None = None,
 ) -> None:
-    """Run `specs` (each in its window from `windows`, else the current one) on at most
-    `concurrency` workers."""
-
-    async def default(spec: StreamSpec) -> object:
-        return await run.run_stream(spec, window=(windows or {}).get(spec.key))
-
-    await _pool(specs, run.settings.concurrency, job or default)
+    """Run `specs` in the current window on at most `concurrency` workers."""
+    await _pool(specs, run.settings.concurrency, job or run.run_stream)
 
 
 async def _pool(items: Sequence[T], workers: int, work: Callable[[T], Awaitable[object]]) -> None:
