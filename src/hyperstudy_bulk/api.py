@@ -42,12 +42,7 @@ def open_client(settings: Settings, *, log: Callable[[str], None] = lambda m: No
             per_minute_per_endpoint=settings.rate_limit_per_minute_per_endpoint,
             time_scale=settings.rate_limit_time_scale,
         ),
-        retry=RetryPolicy(
-            max_attempts=settings.max_attempts,
-            max_seconds=settings.max_retry_seconds,
-            backoff_base=settings.retry_backoff,
-            backoff_max=settings.retry_backoff_max,
-        ),
+        retry=RetryPolicy.from_settings(settings),
         concurrency=settings.concurrency,
         timeout=settings.timeout,
         connect_timeout=settings.connect_timeout,

@@ -47,7 +47,57 @@ def path_of(*segments: str) -> str:
     return "/".join(quote(segment, safe="") for segment in segments)
 
 
-class ApiClient:
+def new_session(
+    *,
+    pool: int,
+    connect_timeout: float,
+    read_timeout: float,
+    accept: str | None = None,
+    auto_decompress: bool = True,
+) -> aiohttp.ClientSession:
+    """A pooled session with separate connect and read timeouts (no overall limit: a large
+    body may take long as long as bytes keep coming). It carries no credentials."""
+    headers = {"User-Agent": f"hyperstudy-bulk/{__version__}"}
+    if accept is not None:
+        headers["Accept"] = accept
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=pool, ttl_dns_cache=300),
+        timeout=aiohttp.ClientTimeout(
+            total=None,
+            connect=connect_timeout,
+            sock_connect=connect_timeout,
+            sock_read=read_timeout,
+        ),
+        headers=headers,
+        auto_decompress=auto_decompress,
+    )
+
+
+class SessionHolder:
+    """An async context manager around one aiohttp session, made by `_new_session` on entry
+    and closed on exit."""
+
+    _session: aiohttp.ClientSession | None = None
+
+    def _new_session(self) -> aiohttp.ClientSession:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        self._session = self._new_session()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+class ApiClient(SessionHolder):
     """`async with ApiClient(...) as api:` then `await api.get_page(...)`.
 
     Usable inside any running event loop; holds no global state. Cancelling a call cancels its
@@ -72,31 +122,18 @@ class ApiClient:
         self._retry = retry
         self._concurrency = asyncio.Semaphore(concurrency)
         self._pool_size = concurrency
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=connect_timeout, sock_connect=connect_timeout, sock_read=timeout
-        )
+        self._timeouts = (connect_timeout, timeout)
         self._log = log
-        self._session: aiohttp.ClientSession | None = None
         self.stats = RequestStats()
 
-    async def __aenter__(self) -> Self:
-        connector = aiohttp.TCPConnector(limit=self._pool_size, ttl_dns_cache=300)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=self._timeout,
-            headers={"Accept": "application/json", "User-Agent": f"hyperstudy-bulk/{__version__}"},
+    def _new_session(self) -> aiohttp.ClientSession:
+        connect, read = self._timeouts
+        return new_session(
+            pool=self._pool_size,
+            connect_timeout=connect,
+            read_timeout=read,
+            accept="application/json",
         )
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
     async def get_page(
         self,

@@ -23,15 +23,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import TracebackType
-from typing import Any, BinaryIO, Self
+from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import orjson
 
-from hyperstudy_bulk._version import __version__
-from hyperstudy_bulk.client import ApiClient
+from hyperstudy_bulk.client import ApiClient, SessionHolder, new_session
 from hyperstudy_bulk.config import Settings, is_loopback
 from hyperstudy_bulk.errors import (
     ApiError,
@@ -258,7 +256,7 @@ def _transport_errors() -> Iterator[None]:
         ) from None
 
 
-class MediaFetcher:
+class MediaFetcher(SessionHolder):
     """Fetches planned files, `media_concurrency` at a time, over its own session (which never
     carries the API key). `async with MediaFetcher(...) as fetcher: await fetcher.run(...)`."""
 
@@ -276,38 +274,15 @@ class MediaFetcher:
         self._folder = folder
         self._progress = progress
         self._log = log
-        self._retry = RetryPolicy(
-            max_attempts=settings.max_attempts,
-            max_seconds=settings.max_retry_seconds,
-            backoff_base=settings.retry_backoff,
-            backoff_max=settings.retry_backoff_max,
-        )
-        self._session: aiohttp.ClientSession | None = None
+        self._retry = RetryPolicy.from_settings(settings)
 
-    async def __aenter__(self) -> Self:
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=self._settings.connect_timeout,
-            sock_connect=self._settings.connect_timeout,
-            sock_read=self._settings.timeout,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self._settings.media_concurrency),
-            timeout=timeout,
-            headers={"User-Agent": f"hyperstudy-bulk/{__version__}"},
+    def _new_session(self) -> aiohttp.ClientSession:
+        return new_session(
+            pool=self._settings.media_concurrency,
+            connect_timeout=self._settings.connect_timeout,
+            read_timeout=self._settings.timeout,
             auto_decompress=False,
         )
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
     def expect(self, jobs: Iterable[MediaJob]) -> None:
         """Tell the progress figures what is to come."""

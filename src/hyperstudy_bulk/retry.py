@@ -20,6 +20,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from hyperstudy_bulk.config import Settings
 from hyperstudy_bulk.errors import ApiError, is_transient, retry_cause
 
 T = TypeVar("T")
@@ -35,6 +36,15 @@ class RetryPolicy:
     backoff_max: float = 60.0
     rate_limited_wait: float = 60.0
     """Wait after a 429 that carries no Retry-After (what the API's own guides assume)."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        return cls(
+            max_attempts=settings.max_attempts,
+            max_seconds=settings.max_retry_seconds,
+            backoff_base=settings.retry_backoff,
+            backoff_max=settings.retry_backoff_max,
+        )
 
 
 def _retry_after(state: RetryCallState) -> float | None:
