@@ -164,3 +164,18 @@ async def test_late_records_in_an_earlier_window_leave_later_windows_untouched(
         assert not (folder / "events" / "experiment-00001.ndjson").exists()
         assert read_type(folder, "events") == served(sim, "events", updated.snapshot_end_time)
         assert main(["verify", str(folder)]) == 0
+
+
+async def test_asking_a_complete_archive_for_more_data_types_adds_them(tmp_path: Path) -> None:
+    async with serve(CONFIG) as sim:
+        exp = sim.experiment_ids[0]
+        first = await _archive(sim, tmp_path)
+        settings = settings_for(sim, tmp_path, data_types="events,sync", page_size=40)
+        async with Downloader(settings) as downloader:
+            manifest = await downloader.archive(exp)
+        assert manifest.complete
+        assert manifest.snapshot_end_time == first.snapshot_end_time
+        assert manifest.data_types == ["events", "eyetracking", "chat", "rooms", "sync"]
+        folder = archive_folder(tmp_path, exp)
+        assert read_type(folder, "sync") == served(sim, "sync", first.snapshot_end_time)
+        assert read_type(folder, "events") == served(sim, "events", first.snapshot_end_time)

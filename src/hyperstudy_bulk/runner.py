@@ -275,10 +275,11 @@ def _open_manifest(
         existing.snapshots.append(moment)
         existing.snapshot_end_time = moment
         existing.complete = False
-    existing.data_types = list(
-        dict.fromkeys([*existing.data_types, *(dt.folder for dt in settings.data_types)])
-    )
-    return existing, existing.complete
+    added = [dt.folder for dt in settings.data_types if dt.folder not in existing.data_types]
+    existing.data_types += added
+    # Data types asked for now but not archived before make a complete archive a crawl again
+    # (its complete streams are skipped, the new ones fetched within the same snapshot).
+    return existing, existing.complete and not added
 
 
 async def archive_experiment(
