@@ -70,6 +70,8 @@ async def uninterrupted(work: Callable[[], T]) -> T:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
         await asyncio.wait([future])
+        if not future.cancelled():
+            future.exception()  # seen: the cancellation is what goes on, not a stray traceback
         raise
     except OSError as error:
         raise StorageError.from_os_error(error) from None
