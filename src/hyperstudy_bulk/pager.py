@@ -1,10 +1,11 @@
 """Fetch one stream's pages: the first alone, then the rest several at a time, handed on in order.
 
-The first page tells the total and the effective limit; from then on up to `lookahead` pages
-are in flight, their offsets guessed with `pagination.next_requests` and checked against what
-the server says. Pages keep their records as the JSON text served (nothing is decoded into
-Python objects), and chunks are handed to `on_chunk` strictly in offset order, so records
-land on disk in the order the API serves them and memory is bounded by `lookahead` pages.
+The first page tells the total and the effective limit; from then on up to `lookahead()` pages
+are in flight (asked before each page, so a stream may look further ahead as others finish),
+their offsets guessed with `pagination.next_requests` and checked against what the server says.
+Pages keep their records as the JSON text served (nothing is decoded into Python objects), and
+chunks are handed to `on_chunk` strictly in offset order, so records land on disk in the order
+the API serves them and memory is bounded by the look-ahead.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ async def fetch_stream(
     *,
     start: int = 0,
     page_size: int,
-    lookahead: int,
+    lookahead: Callable[[], int],
     on_chunk: Callable[[Chunk], Awaitable[None]],
     progress: StreamProgress,
 ) -> None:
@@ -96,7 +97,7 @@ async def fetch_stream(
                 total=chunk.total,
                 stride=stride,
                 in_flight={offset: limit for offset, (limit, _) in in_flight.items()},
-                room=lookahead - len(in_flight),
+                room=max(1, lookahead()) - len(in_flight),
             ):
                 task = asyncio.ensure_future(fetch(request.offset, request.limit))
                 in_flight[request.offset] = (request.limit, task)

@@ -109,6 +109,14 @@ class SegmentRunner:
     monitor: Monitor
     before_first_write: Callable[[], None]
     _wrote: bool = False
+    _fetching: int = 0
+    """Segments fetching pages right now: they share the `concurrency` requests in flight."""
+
+    def _fair_share(self) -> int:
+        """Pages one segment may have in flight: an equal share of `concurrency`, at least one.
+        A crawl of many streams then has about one page per stream in flight (what a crash can
+        cost), and the last big stream gets every connection to itself."""
+        return max(1, -(-self.settings.concurrency // max(1, self._fetching)))  # rounded up
 
     async def fill(
         self,
@@ -266,6 +274,7 @@ class SegmentRunner:
                 on_ids(ids)
             self.monitor.on_page(name, len(records))
 
+        self._fetching += 1
         try:
             await fetch_stream(
                 self.api,
@@ -273,12 +282,13 @@ class SegmentRunner:
                 segment.params,
                 start=checkpoint.next_offset,
                 page_size=self.settings.page_size,
-                lookahead=self.settings.concurrency,
+                lookahead=self._fair_share,
                 on_chunk=accept,
                 progress=progress,
             )
             await writer.close()
         finally:
+            self._fetching -= 1
             await writer.stop()
             count_requests()
             checkpoint.requests = progress.requests
@@ -299,7 +309,7 @@ class SegmentRunner:
                 segment.spec,
                 segment.params,
                 page_size=self.settings.page_size,
-                lookahead=self.settings.concurrency,
+                lookahead=lambda: self.settings.concurrency,
                 on_chunk=accept,
                 progress=StreamProgress(),
             )

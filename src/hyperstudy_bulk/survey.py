@@ -50,7 +50,7 @@ async def _ids(api: ApiClient, spec: StreamSpec, settings: Settings) -> tuple[li
         spec,
         spec.params(end_time=None),
         page_size=settings.page_size,
-        lookahead=settings.concurrency,
+        lookahead=lambda: settings.concurrency,
         on_chunk=collect,
         progress=StreamProgress(),
     )
