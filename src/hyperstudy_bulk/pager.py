@@ -111,3 +111,28 @@ async def fetch_stream(
             task.cancel()
         if in_flight:
             await asyncio.gather(*(task for _, task in in_flight.values()), return_exceptions=True)
+
+
+async def stream_ids(
+    api: ApiClient, spec: StreamSpec, params: Mapping[str, str], *, page_size: int, lookahead: int
+) -> tuple[list[Any], int]:
+    """Page through a stream only for its records' ids (and its total), writing nothing:
+    discovery of rooms and participants when their listings are not archived."""
+    ids: list[Any] = []
+    total = 0
+
+    async def collect(chunk: Chunk) -> None:
+        nonlocal total
+        total = chunk.total
+        ids.extend(chunk.ids)
+
+    await fetch_stream(
+        api,
+        spec,
+        params,
+        page_size=page_size,
+        lookahead=lambda: lookahead,
+        on_chunk=collect,
+        progress=StreamProgress(),
+    )
+    return ids, total

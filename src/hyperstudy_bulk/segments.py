@@ -25,7 +25,7 @@ from hyperstudy_bulk.client import ApiClient
 from hyperstudy_bulk.config import Settings
 from hyperstudy_bulk.errors import HyperStudyBulkError, StorageError, ends_run
 from hyperstudy_bulk.manifest import Checkpoint, FileEntry, StreamEntry, load_checkpoint
-from hyperstudy_bulk.pager import Chunk, StreamProgress, fetch_stream
+from hyperstudy_bulk.pager import Chunk, StreamProgress, fetch_stream, stream_ids
 from hyperstudy_bulk.pagination import Kept, drop_repeats
 from hyperstudy_bulk.plan import StreamSpec
 from hyperstudy_bulk.progress import Monitor
@@ -300,23 +300,19 @@ class SegmentRunner:
     async def ids_only(self, segment: Segment, on_ids: OnIds) -> HyperStudyBulkError | None:
         """Page through a segment only to learn its ids (discovery of a type not archived)."""
 
-        async def accept(chunk: Chunk) -> None:
-            on_ids(chunk.ids)
-
         try:
-            await fetch_stream(
+            ids, _ = await stream_ids(
                 self.api,
                 segment.spec,
                 segment.params,
                 page_size=self.settings.page_size,
-                lookahead=lambda: self.settings.concurrency,
-                on_chunk=accept,
-                progress=StreamProgress(),
+                lookahead=self.settings.concurrency,
             )
         except HyperStudyBulkError as error:
             if ends_run(error):
                 raise
             return error
+        on_ids(ids)
         return None
 
 

@@ -10,7 +10,7 @@ from hyperstudy_bulk.client import ApiClient
 from hyperstudy_bulk.config import Granularity, Settings
 from hyperstudy_bulk.datatypes import PARTICIPANTS, ROOMS, DataType
 from hyperstudy_bulk.errors import ApiError
-from hyperstudy_bulk.pager import Chunk, StreamProgress, fetch_stream
+from hyperstudy_bulk.pager import stream_ids
 from hyperstudy_bulk.plan import (
     RequestBudget,
     Room,
@@ -37,24 +37,14 @@ class Survey:
 
 
 async def _ids(api: ApiClient, spec: StreamSpec, settings: Settings) -> tuple[list[str], int]:
-    ids: list[str] = []
-    total = 0
-
-    async def collect(chunk: Chunk) -> None:
-        nonlocal total
-        total = chunk.total
-        ids.extend(str(i) for i in chunk.ids if i is not None)
-
-    await fetch_stream(
+    ids, total = await stream_ids(
         api,
         spec,
         spec.params(end_time=None),
         page_size=settings.page_size,
-        lookahead=lambda: settings.concurrency,
-        on_chunk=collect,
-        progress=StreamProgress(),
+        lookahead=settings.concurrency,
     )
-    return ids, total
+    return [str(i) for i in ids if i is not None], total
 
 
 async def survey_experiment(api: ApiClient, settings: Settings, experiment_id: str) -> Survey:
