@@ -150,12 +150,16 @@ class _Run:
             self.entries[(spec.key, segment.window)] = entry
         return entry
 
+    def earlier_files(self, spec: StreamSpec, window: int) -> list[Path]:
+        """The stream's files from the windows before `window`, oldest first."""
+        earlier = [self.entries.get((spec.key, w)) for w in range(window)]
+        return [self.folder / f.path for e in earlier if e is not None for f in e.files]
+
     def known_ids(self, segment: Segment) -> Collection[Any]:
         """Ids the archive holds from the stream's earlier windows: all of a listing's, and
         the last page's worth of a time-ordered stream (where an inclusive edge repeats)."""
         spec = segment.spec
-        earlier = [self.entries.get((spec.key, w)) for w in range(segment.window)]
-        paths = [self.folder / f.path for e in earlier if e is not None for f in e.files]
+        paths = self.earlier_files(spec, segment.window)
         if spec.data_type.time_filtered:
             return set(ids_in(paths[-1:], spec.data_type.id_field, last=self.settings.page_size))
         return set(ids_in(paths, spec.data_type.id_field))
@@ -432,10 +436,7 @@ async def _discover_rooms(run: _Run) -> tuple[list[Room], bool]:
     def collect(found: Iterable[Any]) -> None:
         ids.extend(str(i) for i in found if i is not None)
 
-    for window in range(run.window):
-        entry = run.entries.get((spec.key, window))
-        if entry is not None:
-            collect(ids_in([run.folder / f.path for f in entry.files], ROOMS.id_field))
+    collect(ids_in(run.earlier_files(spec, run.window), ROOMS.id_field))
     listed_before = len(ids)
     failure = await run.run_stream(spec, write=ROOMS in run.settings.data_types, on_ids=collect)
     if isinstance(failure, ApiError) and failure.status == 404:
@@ -456,10 +457,7 @@ async def _discover_participants(run: _Run, rooms: Sequence[Room]) -> list[Room]
         def collect(ids: Iterable[Any]) -> None:
             found[spec.scope_id].extend(str(i) for i in ids if i is not None)
 
-        for window in range(run.window):
-            entry = run.entries.get((spec.key, window))
-            if entry is not None:
-                collect(ids_in([run.folder / f.path for f in entry.files], PARTICIPANTS.id_field))
+        collect(ids_in(run.earlier_files(spec, run.window), PARTICIPANTS.id_field))
         failure = await run.run_stream(spec, write=write, on_ids=collect)
         if failure is not None:
             raise ConfigError(
