@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,20 @@ from hyperstudy_bulk.manifest import Manifest, load_manifest
 from hyperstudy_bulk.simulator import DATA_TYPES, SimulatorConfig, serve
 from hyperstudy_bulk.simulator.server import SimulatorHandle
 from hyperstudy_bulk.sinks import safe_name
+
+
+@pytest.fixture(autouse=True)
+def _isolated_from_the_runner(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Every test builds its settings from what it states: the HYPERSTUDY_* variables of whoever
+    runs the suite (HYPERSTUDY_CONFIG among them) are removed, and the working directory is an
+    empty folder, so no .env there is read. Tests that want a variable or a .env set their own."""
+    for name in list(os.environ):
+        if name.upper().startswith("HYPERSTUDY"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
 
 SMALL = SimulatorConfig(seed=11, rooms=3, participants=2, records=120)
 DATA_TYPE_PATHS = DATA_TYPES

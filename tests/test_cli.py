@@ -26,8 +26,6 @@ def sim() -> Iterator[SimulatorHandle]:
 def env(sim: SimulatorHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A working directory with the simulator's URL and key in the environment."""
     monkeypatch.chdir(tmp_path)
-    for name in ("HYPERSTUDY_CONFIG", "HYPERSTUDY_OUT"):
-        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HYPERSTUDY_BASE_URL", sim.base_url)
     monkeypatch.setenv("HYPERSTUDY_API_KEY", sim.api_key)
     return tmp_path
