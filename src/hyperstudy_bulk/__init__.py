@@ -13,6 +13,18 @@ from hyperstudy_bulk.errors import (
 )
 from hyperstudy_bulk.manifest import Manifest, load_manifest
 
+_ANALYSIS = ("iter_frames", "load")
+"""Re-exported lazily: they import pandas, which the downloader does not need."""
+
+
+def __getattr__(name: str) -> object:
+    if name in _ANALYSIS:
+        from hyperstudy_bulk.analysis import frames
+
+        return getattr(frames, name)
+    raise AttributeError(f"module 'hyperstudy_bulk' has no attribute {name!r}")
+
+
 __all__ = [
     "ApiError",
     "ApiKey",
@@ -27,6 +39,8 @@ __all__ = [
     "TransportError",
     "__version__",
     "download",
+    "iter_frames",
+    "load",
     "load_manifest",
     "load_settings",
 ]

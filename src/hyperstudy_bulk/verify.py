@@ -13,6 +13,7 @@ from pathlib import Path
 
 import orjson
 
+from hyperstudy_bulk.archive import Archive
 from hyperstudy_bulk.manifest import MANIFEST_NAME, MediaEntry, load_manifest
 
 
@@ -40,7 +41,8 @@ class Report:
 def verify_archive(folder: Path) -> Report:
     """Check every stream and file of the archive in `folder`. Raises OSError/ValueError when
     the manifest itself is missing or unreadable."""
-    manifest = load_manifest(folder)
+    archive = Archive(folder, load_manifest(folder))
+    manifest = archive.manifest
     problems: list[Problem] = []
     files = records = 0
     listed: set[str] = set()
@@ -49,10 +51,10 @@ def verify_archive(folder: Path) -> Report:
             problems.append(
                 Problem(MANIFEST_NAME, stream.key, f"stream is {stream.status}: {stream.error}")
             )
-        for entry in stream.files:
+        for listed_file in archive.files(stream):
+            entry, path = listed_file.entry, listed_file.path
             listed.add(entry.path)
             files += 1
-            path = folder / entry.path
             if not path.is_file():
                 problems.append(Problem(entry.path, stream.key, "file is missing"))
                 continue
