@@ -92,7 +92,7 @@ class Archive:
             yield from self.files(stream)
 
 
-def read_lines(path: Path, *, chunk_bytes: int = 1 << 24) -> Iterator[list[bytes]]:
+def read_lines(path: Path, *, chunk_bytes: int = 1 << 22) -> Iterator[list[bytes]]:
     """The file's lines (newline stripped) in lists of about `chunk_bytes` bytes: a file of any
     size is read with bounded memory, and no line is split between two lists."""
     with path.open("rb") as stream:

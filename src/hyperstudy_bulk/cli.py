@@ -22,6 +22,7 @@ from typing import NoReturn
 from rich.console import Console
 from rich.table import Table
 
+from hyperstudy_bulk import cli_analysis
 from hyperstudy_bulk._version import __version__
 from hyperstudy_bulk.api import Downloader
 from hyperstudy_bulk.config import OPTIONS, Settings, load_settings
@@ -32,6 +33,15 @@ from hyperstudy_bulk.errors import (
     StorageError,
     TlsError,
 )
+from hyperstudy_bulk.exits import (
+    EXIT_AUTH,
+    EXIT_INCOMPLETE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_STORAGE,
+    EXIT_USAGE,
+)
+from hyperstudy_bulk.exits import say as _say
 from hyperstudy_bulk.manifest import MANIFEST_NAME, Manifest, load_manifest
 from hyperstudy_bulk.progress import Monitor, make_renderer, summary_table
 from hyperstudy_bulk.runner import ExperimentNotFound
@@ -39,8 +49,6 @@ from hyperstudy_bulk.sinks import safe_name
 from hyperstudy_bulk.survey import survey_experiment
 from hyperstudy_bulk.verify import verify_archive
 
-EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_AUTH, EXIT_STORAGE = 0, 1, 2, 3, 4
-EXIT_INTERRUPTED = 130
 _FLAGS = {"quiet", "verbose", "allow_insecure_http", "media_only"}
 _NEGATED = {"media"}
 """Options on by default: their flag is --no-NAME (the environment and config can say true)."""
@@ -101,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--progress", default=None, help="auto, bar, log or none")
     verify = commands.add_parser("verify", help="check an archive against its manifest")
     verify.add_argument("archive", type=Path, metavar="DIR/EXPERIMENT_ID")
+    cli_analysis.add_commands(commands)
     commands.add_parser(
         "simulate", help="run the API simulator (see simulate --help)", add_help=False
     )
@@ -134,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_interruptible(_demo(Path(args.out), args.progress)))
         if args.command == "verify":
             return _verify(args.archive)
+        if args.command in cli_analysis.COMMANDS:
+            return cli_analysis.run(args)
         settings = load_settings(
             {o.name: getattr(args, o.name, None) for o in OPTIONS}, config_file=args.config
         )
@@ -238,10 +249,6 @@ def _check_id(experiment_id: str) -> str:
 def _refused(error: AuthError) -> int:
     _say(f"{error}: the API key was refused; check HYPERSTUDY_API_KEY (and its expiry)")
     return EXIT_AUTH
-
-
-def _say(message: str) -> None:
-    sys.stderr.write(f"hyperstudy-bulk: {message}\n")
 
 
 async def download_command(

@@ -48,7 +48,7 @@ def iter_records(
     *,
     allow_incomplete: bool = False,
 ) -> Iterator[list[Record]]:
-    """The data type's records in batches (about 16 MiB of NDJSON each, or less where the
+    """The data type's records in batches (about 4 MiB of NDJSON each, or less where the
     merge of finer streams cuts them). Raises IncompleteDataError unless `allow_incomplete`."""
     if not allow_incomplete:
         archive.require_complete(data_type)

@@ -1,0 +1,262 @@
+"""`hyperstudy-bulk export`: each data type of an archive as one Parquet or CSV file, in bounded
+memory, with the columns `load()` gives.
+
+Batches in, row groups out: records are read a few MiB at a time, converted exactly as `load()`
+converts them (frames.py), turned into Arrow tables and spooled to uncompressed Arrow IPC files
+beside the output. A field that first appears late, or whose type widens (an integer column
+that later holds a missing value), only changes the schema: once every batch is spooled their
+schemas are unified (`pyarrow.unify_schemas`, permissive), and each spooled batch, cast to that
+one schema (absent columns as nulls), becomes a row group of the Parquet file or rows of the CSV.
+Memory holds one batch; the spool costs one write and one memory-mapped read of the data.
+
+Nested values that are not flattened (`response`, `config`, `recipientIds`, the objects behind
+`metadata_*` columns, ...) and columns whose values mix types are written as JSON text,
+losslessly; the file's schema metadata lists those columns under `hyperstudy_bulk.json_columns`
+(a JSON array) so a reader can decode them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pandas as pd
+
+from hyperstudy_bulk.analysis.frames import flatten, flatten_targets, sdk_frame
+from hyperstudy_bulk.analysis.records import Record, iter_records
+from hyperstudy_bulk.archive import Archive, ArchiveError
+from hyperstudy_bulk.datatypes import DataType
+
+FORMATS = ("parquet", "csv")
+JSON_COLUMNS_KEY = b"hyperstudy_bulk.json_columns"
+BATCH_ROWS = 50_000
+PARQUET_INSTALL = "pip install 'hyperstudy-bulk[parquet]'"
+
+
+class MissingExtraError(ArchiveError):
+    """An optional dependency is not installed; the message names the pip command."""
+
+
+def _pyarrow() -> Any:
+    try:
+        import pyarrow
+        import pyarrow.csv
+        import pyarrow.ipc
+        import pyarrow.parquet
+    except ImportError:
+        raise MissingExtraError(f"export needs pyarrow: {PARQUET_INSTALL}") from None
+    return pyarrow
+
+
+def default_destination(folder: Path) -> Path:
+    """Beside the archive, never inside it (verify would list the files as strays)."""
+    return folder.parent / f"{folder.name}-export"
+
+
+@dataclass(frozen=True)
+class Exported:
+    data_type: str
+    path: Path
+    rows: int
+
+
+def export_archive(
+    folder: Path | str,
+    *,
+    fmt: str = "parquet",
+    to: Path | str | None = None,
+    data_types: list[str] | None = None,
+    allow_incomplete: bool = False,
+    batch_rows: int = BATCH_ROWS,
+    on_done: Callable[[Exported], None] = lambda done: None,
+) -> list[Exported]:
+    """Write `<data type>.<fmt>` per data type into `to` (default: beside the archive). Raises
+    ArchiveError (not an archive, unknown data type, `to` inside the archive), MissingExtraError,
+    IncompleteDataError (unless `allow_incomplete`) and OSError (the output cannot be written)."""
+    if fmt not in FORMATS:
+        raise ArchiveError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
+    pa = _pyarrow()
+    archive = Archive.open(folder)
+    destination = Path(to) if to is not None else default_destination(archive.folder)
+    if destination.resolve().is_relative_to(archive.folder.resolve()):
+        raise ArchiveError(
+            f"--to {destination} is inside the archive {archive.folder}; "
+            "choose a folder outside it (verify would flag the files)"
+        )
+    kinds = [archive.data_type(name) for name in (data_types or archive.manifest.data_types)]
+    if not allow_incomplete:
+        for kind in kinds:
+            archive.require_complete(kind)
+    destination.mkdir(parents=True, exist_ok=True)
+    written = []
+    for kind in kinds:
+        target = destination / f"{kind.folder}.{fmt}"
+        rows = _export_type(pa, archive, kind, target, fmt, batch_rows, allow_incomplete)
+        done = Exported(kind.folder, target, rows)
+        on_done(done)
+        written.append(done)
+    return written
+
+
+def _frames(
+    archive: Archive, kind: DataType, batch_rows: int, allow_incomplete: bool
+) -> Iterator[pd.DataFrame]:
+    """The data type as `load()` frames of at most `batch_rows` rows."""
+    targets: tuple[str, ...] | None = None
+    pending: list[Record] = []
+    for batch in iter_records(archive, kind, allow_incomplete=allow_incomplete):
+        if targets is None:
+            targets = flatten_targets(batch[0])
+        pending.extend(flatten(batch, targets))
+        while len(pending) >= batch_rows:
+            yield sdk_frame(pending[:batch_rows])
+            del pending[:batch_rows]
+    if pending:
+        yield sdk_frame(pending)
+
+
+@dataclass
+class _Spool:
+    """Spooled batches and what is known of their columns so far."""
+
+    folder: Path
+    paths: list[Path] = field(default_factory=list)
+    schemas: list[Any] = field(default_factory=list)
+    json_in: list[set[str]] = field(default_factory=list)
+    order: dict[str, None] = field(default_factory=dict)
+
+    @property
+    def json_columns(self) -> set[str]:
+        return set().union(*self.json_in)
+
+
+def _export_type(
+    pa: Any,
+    archive: Archive,
+    kind: DataType,
+    target: Path,
+    fmt: str,
+    batch_rows: int,
+    allow_incomplete: bool,
+) -> int:
+    spool_dir = Path(tempfile.mkdtemp(prefix=f".{kind.folder}.", dir=target.parent))
+    try:
+        spool = _Spool(spool_dir)
+        for frame in _frames(archive, kind, batch_rows, allow_incomplete):
+            table, json_columns = _to_arrow(pa, frame)
+            path = spool_dir / f"{len(spool.paths):06d}.arrow"
+            with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+                w.write_table(table)
+            spool.paths.append(path)
+            spool.schemas.append(table.schema)
+            spool.json_in.append(json_columns)
+            spool.order.update(dict.fromkeys(table.schema.names))
+        schema = _unified(pa, spool)
+        partial = target.with_name(f".{target.name}.part")
+        rows = _write(pa, spool, schema, partial, fmt)
+        partial.replace(target)
+        return rows
+    finally:
+        shutil.rmtree(spool_dir, ignore_errors=True)
+
+
+def _to_arrow(pa: Any, frame: pd.DataFrame) -> tuple[Any, set[str]]:
+    """One frame as an Arrow table; object columns holding objects, lists or mixed types
+    become JSON text (returned as the second value)."""
+    arrays, names, json_columns = [], [], set()
+    for name in frame.columns:
+        column = frame[name]
+        if column.dtype == object:
+            array, is_json = _object_array(pa, column)
+            if is_json:
+                json_columns.add(str(name))
+        else:
+            array = pa.Array.from_pandas(column)
+        if array.null_count == len(array):
+            array = pa.nulls(len(array))
+        arrays.append(array)
+        names.append(str(name))
+    return pa.Table.from_arrays(arrays, names=names), json_columns
+
+
+def _object_array(pa: Any, column: pd.Series[Any]) -> tuple[Any, bool]:
+    values = column.tolist()
+    kinds = {type(v) for v in values if v is not None and not _is_nan(v)}
+    if kinds <= {str} or kinds <= {bool}:
+        clean = [None if v is None or _is_nan(v) else v for v in values]
+        return pa.array(clean, type=pa.bool_() if kinds == {bool} else pa.string()), False
+    return _json_array(pa, values), True
+
+
+def _is_nan(value: object) -> bool:
+    return isinstance(value, float) and value != value
+
+
+def _json_array(pa: Any, values: list[Any]) -> Any:
+    return pa.array(
+        [None if v is None or _is_nan(v) else orjson.dumps(v).decode() for v in values],
+        type=pa.string(),
+    )
+
+
+def _unified(pa: Any, spool: _Spool) -> Any:
+    """One schema for every batch: types widened where they differ, a column holding JSON text
+    in any batch is JSON text in all, `onset_sec` last as `load()` puts it."""
+    json_columns = spool.json_columns
+    fields = []
+    order = [n for n in spool.order if n != "onset_sec"] + [
+        n for n in spool.order if n == "onset_sec"
+    ]
+    for name in order:
+        if name in json_columns:
+            fields.append(pa.field(name, pa.string()))
+            continue
+        types = [s.field(name).type for s in spool.schemas if name in s.names]
+        try:
+            unified = pa.unify_schemas(
+                [pa.schema([(name, t)]) for t in types], promote_options="permissive"
+            )
+            fields.append(unified.field(name))
+        except (pa.ArrowTypeError, pa.ArrowInvalid):
+            json_columns.add(name)
+            fields.append(pa.field(name, pa.string()))
+    metadata = {JSON_COLUMNS_KEY: json.dumps(sorted(json_columns)).encode()}
+    return pa.schema(fields, metadata=metadata)
+
+
+def _conformed(pa: Any, table: Any, schema: Any, json_here: set[str]) -> Any:
+    json_columns = set(json.loads(schema.metadata[JSON_COLUMNS_KEY]))
+    arrays = []
+    for target in schema:
+        if target.name not in table.schema.names:
+            arrays.append(pa.nulls(len(table), target.type))
+            continue
+        array = table.column(target.name)
+        if target.name in json_columns and target.name not in json_here:
+            array = _json_array(pa, array.to_pylist())
+        arrays.append(array.cast(target.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _write(pa: Any, spool: _Spool, schema: Any, path: Path, fmt: str) -> int:
+    rows = 0
+    if fmt == "parquet":
+        writer: Any = pa.parquet.ParquetWriter(str(path), schema)
+    else:
+        writer = pa.csv.CSVWriter(str(path), schema)
+    with writer:
+        for spooled, json_here in zip(spool.paths, spool.json_in, strict=True):
+            with pa.memory_map(str(spooled)) as source:
+                table = pa.ipc.open_file(source).read_all()
+            conformed = _conformed(pa, table, schema, json_here)
+            writer.write_table(conformed)
+            rows += len(conformed)
+            del table, conformed
+            spooled.unlink()
+    return rows
