@@ -64,10 +64,19 @@ class StreamEntry:
     refetches: int = 0
     warnings: list[str] = field(default_factory=list)
     files: list[FileEntry] = field(default_factory=list)
+    superseded: list[FileEntry] = field(default_factory=list)
+    """Files of an earlier complete fetch of this window, kept while it is fetched again and
+    removed once the new files are recorded (the window's records until then)."""
     open_part: str | None = None
     """A `.part` file holding records of an unfinished stream (not part of the archive)."""
     started_at: str | None = None
     finished_at: str | None = None
+
+    @property
+    def held_files(self) -> list[FileEntry]:
+        """The files holding the window's records now: the superseded ones until a refetch
+        of the window is complete."""
+        return self.files if self.status == "complete" or not self.superseded else self.superseded
 
 
 @dataclass
@@ -156,6 +165,8 @@ class Checkpoint:
     part: FileEntry | None = None
     recent_ids: list[Any] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    claimed: int = 0
+    """The highest part number given to this window, saved before its file is opened."""
 
     def save(self, folder: Path) -> None:
         atomic_write(checkpoint_path(folder, self.key), orjson.dumps(self))
@@ -167,12 +178,22 @@ def checkpoint_path(folder: Path, key: str) -> Path:
 
 def load_checkpoint(folder: Path, key: str) -> Checkpoint | None:
     """The stream's checkpoint, or None when there is none (or it cannot be read)."""
+    return _read_checkpoint(checkpoint_path(folder, key))
+
+
+def saved_checkpoints(folder: Path) -> list[Checkpoint]:
+    """Every checkpoint saved in the archive (of any stream window, finished or not)."""
+    found = (_read_checkpoint(path) for path in sorted((folder / STATE_DIR).glob("*.json")))
+    return [checkpoint for checkpoint in found if checkpoint is not None]
+
+
+def _read_checkpoint(path: Path) -> Checkpoint | None:
     try:
-        document = orjson.loads(checkpoint_path(folder, key).read_bytes())
+        document = orjson.loads(path.read_bytes())
         part = document.pop("part")
         files = [FileEntry(**f) for f in document.pop("files")]
         return Checkpoint(**document, files=files, part=FileEntry(**part) if part else None)
-    except (OSError, ValueError, TypeError, KeyError):
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
 
 
@@ -184,7 +205,13 @@ def load_manifest(folder: Path) -> Manifest:
     """Read `folder/manifest.json` (raises OSError or ValueError when missing or damaged)."""
     document = orjson.loads((folder / MANIFEST_NAME).read_bytes())
     streams = [
-        StreamEntry(**{**s, "files": [FileEntry(**f) for f in s["files"]]})
+        StreamEntry(
+            **{
+                **s,
+                "files": [FileEntry(**f) for f in s["files"]],
+                "superseded": [FileEntry(**f) for f in s.get("superseded", [])],
+            }
+        )
         for s in document.pop("streams")
     ]
     media = [MediaEntry(**m) for m in document.pop("media", [])]

@@ -7,7 +7,10 @@ endTime = the moment the first crawl began, so records arriving meanwhile do not
 pages. Running the same download again resumes an unfinished archive from its checkpoints, or,
 for a complete one, only asks for each data type's total to learn that nothing changed.
 `update=True` adds a window: from the last snapshot to now, into new part files, leaving what
-is there untouched.
+is there untouched. A window whose total moved is fetched again by the same path as a first
+fetch: its files become `superseded` (recorded in the manifest before anything is fetched) and
+are removed, by the `sweep` at the end of whichever run completes it, only once the new files
+are recorded.
 
 Streams run on a fixed pool of workers (bounded fan-out, so open files and buffered pages stay
 bounded however many rooms there are). A stream that fails ends alone and is recorded as
@@ -20,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
@@ -48,13 +50,13 @@ from hyperstudy_bulk.media import (
     plan_media,
     recording_rows,
 )
+from hyperstudy_bulk.part_files import PartNumbers, sweep
 from hyperstudy_bulk.plan import Room, StreamSpec, choose_granularity, plan_streams
 from hyperstudy_bulk.progress import Monitor
 from hyperstudy_bulk.segments import OnIds, Segment, SegmentRunner, ids_in, summarise
 from hyperstudy_bulk.sinks import safe_name
 
 T = TypeVar("T")
-_PART_NUMBER = re.compile(r"-(\d{5})\.ndjson$")
 ROOMS_LISTING_CAP = 5000
 """The API lists at most this many rooms (contract §3.1): a longer list may be cut short."""
 
@@ -103,34 +105,21 @@ class _Run:
             self.folder,
             self.monitor,
             before_first_write=lambda: self.save(force=True, create=True),
+            numbers=PartNumbers(self.folder, self.manifest),
         )
 
     @property
     def window(self) -> int:
         return len(self.manifest.snapshots) - 1
 
-    def segment(self, spec: StreamSpec, window: int, first_part: int | None = None) -> Segment:
-        """The stream over snapshot window `window`; its part numbers follow the earlier
-        windows' unless `first_part` says otherwise."""
-        earlier = [self.entries.get((spec.key, w)) for w in range(window)]
+    def segment(self, spec: StreamSpec, window: int) -> Segment:
+        """The stream over snapshot window `window`."""
         return Segment(
             spec,
             window,
             start_time=self.manifest.snapshots[window - 1] if window else None,
             end_time=self.manifest.snapshots[window],
-            first_part=first_part or 1 + sum(len(e.files) for e in earlier if e is not None),
         )
-
-    def next_part(self, key: str) -> int:
-        """The first part number no file of the stream uses, in any window."""
-        numbers = [
-            int(match.group(1))
-            for entry in self.manifest.streams
-            if entry.key == key
-            for file in entry.files
-            if (match := _PART_NUMBER.search(file.path))
-        ]
-        return 1 + max(numbers, default=0)
 
     def entry_for(self, segment: Segment) -> StreamEntry:
         spec = segment.spec
@@ -153,7 +142,7 @@ class _Run:
     def earlier_files(self, spec: StreamSpec, window: int) -> list[Path]:
         """The stream's files from the windows before `window`, oldest first."""
         earlier = [self.entries.get((spec.key, w)) for w in range(window)]
-        return [self.folder / f.path for e in earlier if e is not None for f in e.files]
+        return [self.folder / f.path for e in earlier if e is not None for f in e.held_files]
 
     def known_ids(self, segment: Segment) -> Collection[Any]:
         """Ids the archive holds from the stream's earlier windows: all of a listing's, and
@@ -169,13 +158,12 @@ class _Run:
         spec: StreamSpec,
         *,
         window: int | None = None,
-        first_part: int | None = None,
         write: bool = True,
         on_ids: OnIds | None = None,
     ) -> HyperStudyBulkError | None:
         """Bring one stream's window (the current one by default) to complete on disk, or with
         write=False only report its ids. Returns the error that ended it, or None."""
-        segment = self.segment(spec, self.window if window is None else window, first_part)
+        segment = self.segment(spec, self.window if window is None else window)
         if not write:
             return await self.segments.ids_only(segment, on_ids or (lambda ids: None))
         entry = self.entry_for(segment)
@@ -184,7 +172,6 @@ class _Run:
         checkpoint = self.segments.checkpoint(segment)
         if checkpoint.complete and entry.status != "complete":
             summarise(entry, checkpoint)
-            entry.status, entry.error = "complete", None
         if entry.status == "complete":
             if on_ids is not None:
                 on_ids(ids_in([self.folder / f.path for f in entry.files], spec.data_type.id_field))
@@ -326,6 +313,7 @@ async def archive_experiment(
     for entry in manifest.streams:
         if entry.status == "complete":
             drop_checkpoint(folder, f"{entry.key}#{entry.window}")
+    sweep(folder, manifest)
     return manifest
 
 
@@ -387,24 +375,18 @@ async def _refetch_changed(run: _Run) -> None:
     if not changed:
         return
     for entry in changed:
-        entry.status = "pending"
         drop_checkpoint(run.folder, f"{entry.key}#{entry.window}")
+        entry.superseded += entry.files
+        entry.files, entry.status = [], "pending"
+    run.save(force=True)  # the old files stay recorded (superseded) until the new replace them
     await _refetch(run, changed)
 
 
 async def _refetch(run: _Run, entries: Sequence[StreamEntry]) -> None:
-    """Fetch these stream windows again into part numbers after every existing one; their old
-    files are removed only once the new ones are complete, so a failure loses nothing and no
-    other window's files are touched. An interrupted refetch resumes from its checkpoint."""
+    """Fetch these stream windows (not the current one) again, the way a first fetch goes."""
 
     async def one(entry: StreamEntry) -> None:
-        old = {file.path for file in entry.files}
-        failure = await run.run_stream(
-            _spec_of(entry), window=entry.window, first_part=run.next_part(entry.key)
-        )
-        if failure is None:
-            for path in old - {file.path for file in entry.files}:
-                (run.folder / path).unlink(missing_ok=True)
+        await run.run_stream(_spec_of(entry), window=entry.window)
 
     await _pool(entries, run.settings.concurrency, one)
 

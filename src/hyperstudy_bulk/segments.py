@@ -3,10 +3,15 @@
 Each page is appended, fsynced and checkpointed before the next is accepted, so a segment
 interrupted at any moment resumes from its checkpoint: the open part is cut back to the
 checkpointed length (a torn last line goes with it) and only what was not on disk is asked for
-again. Records whose id repeats across a page boundary (offsets shifted by rows inserted mid-crawl)
-or that the archive already holds are not written twice. When the records and the server's
-total still disagree, the segment is fetched again from scratch, a bounded number of times,
-before it is called incomplete.
+again. Part numbers are claimed from the archive's one PartNumbers and saved in the checkpoint
+before a file is opened, and a finished segment is published in one uninterruptible step (rename,
+fsync of the folder, checkpoint saved as complete), so a cancellation or crash never leaves a
+published file that nothing records. Records whose id repeats across a page boundary (offsets
+shifted by rows inserted mid-crawl) or that the archive already holds are not written twice.
+When the records and the server's total still disagree, the segment is fetched again from
+scratch, a bounded number of times, before it is called incomplete; each run has that
+allowance afresh. The first fetch of a window and every refetch of it take this same path,
+whichever run finishes it.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from hyperstudy_bulk.errors import HyperStudyBulkError, StorageError, ends_run
 from hyperstudy_bulk.manifest import Checkpoint, FileEntry, StreamEntry, load_checkpoint
 from hyperstudy_bulk.pager import Chunk, StreamProgress, fetch_stream, stream_ids
 from hyperstudy_bulk.pagination import Kept, drop_repeats
+from hyperstudy_bulk.part_files import PartNumbers
 from hyperstudy_bulk.plan import StreamSpec
 from hyperstudy_bulk.progress import Monitor
 from hyperstudy_bulk.sinks import PART_SUFFIX, FileResult, ResumeMismatch, StreamSink, ndjson
@@ -35,7 +41,7 @@ T = TypeVar("T")
 OnIds = Callable[[Iterable[Any]], None]
 
 MAX_REFETCHES = 2
-"""Times a segment whose records disagree with the server's total is fetched again."""
+"""Times a run fetches again a segment whose records disagree with the server's total."""
 
 
 class IncompleteStream(HyperStudyBulkError):
@@ -50,8 +56,6 @@ class Segment:
     window: int
     start_time: str | None
     end_time: str
-    first_part: int = 1
-    """Part number of this segment's first file: windows of a stream number on."""
 
     @property
     def key(self) -> str:
@@ -108,6 +112,7 @@ class SegmentRunner:
     folder: Path
     monitor: Monitor
     before_first_write: Callable[[], None]
+    numbers: PartNumbers
     _wrote: bool = False
     _fetching: int = 0
     """Segments fetching pages right now: they share the `concurrency` requests in flight."""
@@ -147,7 +152,7 @@ class SegmentRunner:
             failure = IncompleteStream("interrupted")
             raise
         finally:
-            if failure is not None:
+            if failure is not None and entry.status != "complete":
                 entry.status, entry.error = "incomplete", str(failure)
         return failure
 
@@ -158,8 +163,21 @@ class SegmentRunner:
             return saved
         return self._fresh(segment)
 
-    def _fresh(self, segment: Segment, *, refetches: int = 0) -> Checkpoint:
-        return Checkpoint(segment.key, end_time=segment.end_time, refetches=refetches)
+    def _fresh(self, segment: Segment, *, refetches: int = 0, claimed: int = 0) -> Checkpoint:
+        return Checkpoint(
+            segment.key, end_time=segment.end_time, refetches=refetches, claimed=claimed
+        )
+
+    def _claim(self, segment: Segment) -> int:
+        """A part number for `segment`, saved in its checkpoint before the caller opens the
+        file (runs on the segment's writer thread, the only one saving its checkpoint)."""
+        number = self.numbers.claim(segment.spec.key)
+        saved = load_checkpoint(self.folder, segment.key)
+        if saved is None or saved.end_time != segment.end_time:
+            saved = self._fresh(segment)
+        saved.claimed = max(saved.claimed, number)
+        saved.save(self.folder)
+        return number
 
     async def _fill(
         self,
@@ -169,6 +187,7 @@ class SegmentRunner:
         known_ids: Collection[Any],
         on_ids: OnIds | None,
     ) -> HyperStudyBulkError | None:
+        refetched = 0
         while True:
             sink, checkpoint = self._open_sink(segment, checkpoint)
             try:
@@ -180,22 +199,41 @@ class SegmentRunner:
                     (checkpoint.total or 0) - checkpoint.server_duplicates - checkpoint.overlap
                 )
                 if checkpoint.records == expected:
-                    checkpoint.files = _entries(await uninterrupted(sink.finish))
-                    checkpoint.part, checkpoint.complete = None, True
-                    await uninterrupted(functools.partial(checkpoint.save, self.folder))
-                    summarise(entry, checkpoint)
-                    entry.status, entry.error = "complete", None
+                    await uninterrupted(functools.partial(self._publish, sink, checkpoint))
                     return None
             finally:
                 sink.close()
-            summarise(entry, checkpoint)
-            if checkpoint.refetches >= MAX_REFETCHES:
+                summarise(entry, checkpoint)
+            if refetched >= MAX_REFETCHES:
                 return IncompleteStream(
                     f"server total is {checkpoint.total} but {checkpoint.records} distinct "
-                    f"records arrived, after {checkpoint.refetches} refetches"
+                    f"records arrived, after {refetched} refetches"
                 )
-            sink.discard()
-            checkpoint = self._fresh(segment, refetches=checkpoint.refetches + 1)
+            refetched += 1
+            abandoned = checkpoint
+            checkpoint = self._fresh(
+                segment,
+                refetches=abandoned.refetches + 1,
+                claimed=max(abandoned.claimed, sink.claimed),
+            )
+            await uninterrupted(functools.partial(checkpoint.save, self.folder))
+            summarise(entry, checkpoint)
+            await uninterrupted(sink.discard)  # nothing records its files any more
+
+    def _publish(self, sink: StreamSink, checkpoint: Checkpoint) -> None:
+        """Rename the last part into place and save the checkpoint as complete, in one step
+        no cancellation splits; `checkpoint` says complete only once that is on disk."""
+        published = dataclasses.replace(
+            checkpoint, files=_entries(sink.finish()), part=None, complete=True
+        )
+        published.claimed = max(published.claimed, sink.claimed)
+        published.save(self.folder)
+        checkpoint.files, checkpoint.part, checkpoint.claimed = (
+            published.files,
+            None,
+            published.claimed,
+        )
+        checkpoint.complete = True
 
     def _open_sink(self, segment: Segment, checkpoint: Checkpoint) -> tuple[StreamSink, Checkpoint]:
         """The segment's sink, resumed from the checkpoint when its files still match it;
@@ -206,7 +244,8 @@ class SegmentRunner:
                 self.folder,
                 segment.spec.stem,
                 part_max_bytes=self.settings.part_max_mb << 20,
-                first_part=segment.first_part,
+                claim=functools.partial(self._claim, segment),
+                empty_file=segment.window == 0,
                 **resume,
             )
 
@@ -215,10 +254,10 @@ class SegmentRunner:
                 part = _results([checkpoint.part])[0] if checkpoint.part else None
                 return sink(files=_results(checkpoint.files), part=part), checkpoint
             except ResumeMismatch:
-                checkpoint = self._fresh(segment, refetches=checkpoint.refetches)
-        fresh = sink()
-        fresh.discard()
-        return fresh, checkpoint
+                checkpoint = self._fresh(
+                    segment, refetches=checkpoint.refetches, claimed=checkpoint.claimed
+                )
+        return sink(), checkpoint
 
     def _ids_on_disk(self, segment: Segment, checkpoint: Checkpoint) -> list[Any]:
         paths = [self.folder / f.path for f in checkpoint.files]
@@ -368,11 +407,13 @@ class _GroupWriter:
         state.files = _entries(self._sink.files)
         part = self._sink.open_part
         state.part = _entries([part])[0] if part else None
+        state.claimed = max(state.claimed, self._sink.claimed)
         state.save(self._folder)
 
 
 def summarise(entry: StreamEntry, checkpoint: Checkpoint) -> None:
-    """Copy a checkpoint's figures into the manifest's entry for the segment."""
+    """Copy a checkpoint's figures into the manifest's entry for the segment; a complete one
+    completes the entry (its superseded files are left for part_files.sweep)."""
     entry.files = checkpoint.files
     entry.server_total = checkpoint.total
     entry.records = checkpoint.records
@@ -385,6 +426,8 @@ def summarise(entry: StreamEntry, checkpoint: Checkpoint) -> None:
     entry.warnings = checkpoint.warnings
     entry.bytes = sum(f.bytes for f in checkpoint.files)
     entry.open_part = checkpoint.part.path + PART_SUFFIX if checkpoint.part else None
+    if checkpoint.complete:
+        entry.status, entry.error, entry.superseded = "complete", None, []
 
 
 def _advance(

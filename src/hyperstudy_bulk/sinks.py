@@ -11,12 +11,14 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 import orjson
+
+from hyperstudy_bulk.manifest import fsync_directory
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -100,10 +102,16 @@ class PartWriter:
         if resume is None:
             self._file = self._temp.open("wb")
             return
+        if not self._temp.exists() and self._final.exists():
+            # Published after its checkpoint was saved (a crash between the rename and the
+            # next checkpoint): nothing records it as published, so it is taken back.
+            os.replace(self._final, self._temp)
         try:
             self._file = self._temp.open("r+b")
         except FileNotFoundError:
-            raise ResumeMismatch(f"{self._temp.name} is missing") from None
+            if resume.bytes:
+                raise ResumeMismatch(f"{self._temp.name} is missing") from None
+            self._file = self._temp.open("wb")  # claimed, then interrupted before it was opened
         self._file.seek(0, os.SEEK_END)
         if self._file.tell() < resume.bytes:
             self._file.close()
@@ -134,11 +142,13 @@ class PartWriter:
         return FileResult(self.relative, self.records, self.bytes, self._hash.hexdigest())
 
     def finish(self) -> FileResult:
-        """Flush, fsync and rename into place; the file is complete from here on."""
+        """Flush, fsync, rename into place and fsync the folder, so that whatever records the
+        file afterwards never names a file a power loss could take back."""
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self._temp, self._final)
+        fsync_directory(self._final.parent)
         return self.state()
 
     def close(self) -> None:
@@ -148,9 +158,11 @@ class PartWriter:
 
 
 class StreamSink:
-    """All the files of one stream: `<stem>-00001.ndjson`, `-00002`, ... each up to
-    `part_max_bytes` (a page is never split across parts). `files` and `part` resume a sink
-    from its checkpoint; `first_part` numbers the parts of a later update after the earlier."""
+    """All the files of one stream window: parts `<stem>-NNNNN.ndjson`, each up to
+    `part_max_bytes` (a page is never split across parts). The numbers come from `claim`,
+    which records each before its file is opened (see part_files.PartNumbers), so a sink never
+    opens a file another window or an earlier attempt may still need. `files` and `part`
+    resume a sink from its checkpoint."""
 
     def __init__(
         self,
@@ -158,19 +170,24 @@ class StreamSink:
         stem: str,
         *,
         part_max_bytes: int,
+        claim: Callable[[], int],
         files: list[FileResult] | None = None,
         part: FileResult | None = None,
-        first_part: int = 1,
+        empty_file: bool = True,
     ) -> None:
         self._root = root
         self._stem = stem
         self._part_max = part_max_bytes
-        self._first = first_part
+        self._claim = claim
+        self._empty_file = empty_file
         self.files: list[FileResult] = list(files or [])
         self._writer = PartWriter(root, part.path, resume=part) if part else None
+        self.claimed = 0
+        """The highest part number this sink has claimed (0: none)."""
 
-    def _part_name(self) -> str:
-        return f"{self._stem}-{self._first + len(self.files):05d}.ndjson"
+    def _open(self) -> PartWriter:
+        self.claimed = self._claim()
+        return PartWriter(self._root, part_name(self._stem, self.claimed))
 
     def write(self, ndjson: bytes, records: int) -> None:
         """Append one page's NDJSON (an empty page opens no file); durable after `sync`, or
@@ -178,7 +195,7 @@ class StreamSink:
         if not ndjson:
             return
         if self._writer is None:
-            self._writer = PartWriter(self._root, self._part_name())
+            self._writer = self._open()
         self._writer.write(ndjson, records)
         if self._writer.bytes >= self._part_max:
             self.files.append(self._writer.finish())
@@ -193,11 +210,11 @@ class StreamSink:
         return self._writer.state() if self._writer else None
 
     def finish(self) -> list[FileResult]:
-        """Publish the last part. An empty stream still gets one empty file, so the archive
-        shows it was fetched and held nothing; a later window (first_part > 1) that brought
-        nothing adds no file."""
-        if self._writer is not None or (not self.files and self._first == 1):
-            writer = self._writer or PartWriter(self._root, self._part_name())
+        """Publish the last part. A stream that held nothing still gets one empty file when
+        `empty_file` (the archive shows it was fetched); a later window that brought nothing
+        adds no file."""
+        if self._writer is not None or (not self.files and self._empty_file):
+            writer = self._writer or self._open()
             self.files.append(writer.finish())
             self._writer = None
         return self.files
@@ -208,12 +225,16 @@ class StreamSink:
             self._writer = None
 
     def discard(self) -> None:
-        """Delete every file of this sink, published or not (before fetching it again)."""
+        """Delete this sink's own files, published or not (its attempt is abandoned)."""
+        part = self._writer.relative if self._writer else None
         self.close()
-        for result in self.files:
-            (self._root / result.path).unlink(missing_ok=True)
+        for relative in [*(result.path for result in self.files), part]:
+            if relative is not None:
+                (self._root / relative).unlink(missing_ok=True)
+                (self._root / (relative + PART_SUFFIX)).unlink(missing_ok=True)
         self.files = []
-        prefix = Path(self._stem).name + "-"
-        for leftover in self._root.glob(f"{self._stem}-[0-9][0-9][0-9][0-9][0-9].ndjson*"):
-            if int(leftover.name[len(prefix) : len(prefix) + 5]) >= self._first:
-                leftover.unlink()
+
+
+def part_name(stem: str, number: int) -> str:
+    """The archive-relative path of part `number` of the stream whose files start with `stem`."""
+    return f"{stem}-{number:05d}.ndjson"
