@@ -41,6 +41,7 @@ def open_client(settings: Settings, *, log: Callable[[str], None] = lambda m: No
             per_hour=settings.rate_limit_per_hour,
             per_minute_per_endpoint=settings.rate_limit_per_minute_per_endpoint,
             time_scale=settings.rate_limit_time_scale,
+            log=log,
         ),
         retry=RetryPolicy.from_settings(settings),
         concurrency=settings.concurrency,
@@ -74,6 +75,8 @@ class Downloader:
         return Monitor(
             rate_limited=lambda: self.api.budget.counters.rate_limited,
             retries=lambda: sum(self.api.stats.retries.values()),
+            budget=self.api.budget,
+            page_size=self.settings.page_size,
         )
 
     async def archive(

@@ -17,8 +17,10 @@ latency. Times are the event loop's clock (seconds).
 from __future__ import annotations
 
 import asyncio
+import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -30,16 +32,73 @@ class SlidingWindow:
         self.limit = limit
         self.period = period
         self._permits = asyncio.Semaphore(limit)
+        self._returns: deque[float] = deque()
+        """Loop times at which used permits come back, oldest first."""
+        self.waiting = 0
+        """Requests held at this window right now."""
 
     async def acquire(self) -> None:
-        await self._permits.acquire()
+        self.waiting += 1
+        try:
+            await self._permits.acquire()
+        finally:
+            self.waiting -= 1
 
     def release_later(self) -> None:
-        asyncio.get_running_loop().call_later(self.period, self._permits.release)
+        loop = asyncio.get_running_loop()
+        self._returns.append(loop.time() + self.period)
+        loop.call_later(self.period, self._release)
+
+    def _release(self) -> None:
+        self._returns.popleft()
+        self._permits.release()
 
     def release_now(self) -> None:
         """Return a permit the request never used (it was cancelled before being sent)."""
         self._permits.release()
+
+    def state(self, now: float) -> WindowState:
+        """Permits free now and, for those in use, seconds until each comes back (a request
+        still in flight counts as returning a whole period from now)."""
+        free = self._permits._value  # noqa: SLF001 (asyncio.Semaphore keeps its count here)
+        returns = [max(0.0, at - now) for at in self._returns]
+        returns += [self.period] * max(0, self.limit - free - len(returns))
+        return WindowState(self.limit, self.period, free, returns)
+
+    @property
+    def exhausted(self) -> bool:
+        return self._permits.locked()
+
+
+@dataclass(frozen=True)
+class WindowState:
+    limit: int
+    period: float
+    free: int
+    returns: list[float]
+    """Seconds from now until each permit in use comes back, soonest first."""
+
+    def seconds_to_send(self, requests: int) -> float:
+        """When the last of `requests` more may be sent: `free` at once, then one as each
+        permit in use comes back, and every permit so used comes back `period` after it
+        (network time is not counted)."""
+        if requests <= self.free or self.limit <= 0:
+            return 0.0
+        starts = [0.0] * self.free + self.returns
+        cycles, index = divmod(requests - 1, self.limit)
+        return starts[min(index, len(starts) - 1)] + cycles * self.period
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Why requests are held right now, and for how long at least (seconds)."""
+
+    reason: str
+    seconds: float
+
+    def __str__(self) -> str:
+        minutes, seconds = divmod(math.ceil(self.seconds), 60)
+        return f"waiting for {self.reason}: next request in {minutes}:{seconds:02d}"
 
 
 class PauseGate:
@@ -82,6 +141,7 @@ class Budget:
         per_minute_per_endpoint: int,
         time_scale: float = 1.0,
         wall_clock: Callable[[], float] = time.time,
+        log: Callable[[str], None] = lambda message: None,
     ) -> None:
         self._key = SlidingWindow(per_hour, self.HOUR / time_scale)
         self._per_endpoint = per_minute_per_endpoint
@@ -90,6 +150,9 @@ class Budget:
         self._gate = PauseGate()
         self._wall_clock = wall_clock
         self._in_flight = 0
+        self._log = log
+        self._pause_reason = "a rate-limit pause"
+        self._announced_until = 0.0
         self.counters = BudgetCounters()
 
     def _window(self, endpoint: str) -> SlidingWindow:
@@ -102,6 +165,7 @@ class Budget:
     async def slot(self, endpoint: str) -> AsyncIterator[None]:
         """Wait until one request to `endpoint` may be sent; hold its permits while it runs."""
         window = self._window(endpoint)
+        self._announce(endpoint)
         await self._gate.wait()
         await window.acquire()
         try:
@@ -123,9 +187,49 @@ class Budget:
             window.release_later()
             self._key.release_later()
 
+    def _holding(self, endpoint: str | None) -> Wait | None:
+        """What holds a request to `endpoint` (any endpoint: None) back right now."""
+        if (paused := self._gate.remaining) > 0:
+            return Wait(self._pause_reason, paused)
+        now = asyncio.get_running_loop().time()
+        windows = [("the hourly budget", self._key)]
+        windows += [
+            (f"the per-minute budget of {name}", window)
+            for name, window in self._endpoints.items()
+            if endpoint in (None, name)
+        ]
+        for reason, window in windows:
+            if window.exhausted and (endpoint is not None or window.waiting):
+                returns = window.state(now).returns
+                return Wait(reason, returns[0] if returns else window.period)
+        return None
+
+    def waiting(self) -> Wait | None:
+        """Why requests are held right now, if they are (for progress displays)."""
+        return self._holding(None)
+
+    def _announce(self, endpoint: str) -> None:
+        """Log each pause of at least a second once, when the first request meets it."""
+        wait = self._holding(endpoint)
+        now = asyncio.get_running_loop().time()
+        if wait is not None and wait.seconds >= 1.0 and now >= self._announced_until:
+            self._announced_until = now + wait.seconds
+            self._log(str(wait))
+
+    def seconds_to_send(self, requests_by_endpoint: Mapping[str, int]) -> float:
+        """The least time until all these requests may be sent, given the permits in use now
+        (each window counted alone; network time and pauses not included)."""
+        now = asyncio.get_running_loop().time()
+        total = sum(requests_by_endpoint.values())
+        seconds = [self._key.state(now).seconds_to_send(total)]
+        for endpoint, count in requests_by_endpoint.items():
+            seconds.append(self._window(endpoint).state(now).seconds_to_send(count))
+        return max(seconds)
+
     def rate_limited(self, retry_after: float) -> None:
         """A 429 arrived: nobody sends again until `retry_after` seconds have passed."""
         self.counters.rate_limited += 1
+        self._pause_reason = "the server's Retry-After (HTTP 429)"
         self.pause(retry_after)
 
     def pause(self, seconds: float) -> None:
@@ -141,4 +245,5 @@ class Budget:
             return
         seconds = reset if reset < 1e9 else reset - self._wall_clock()
         if 0 < seconds <= self.HOUR:
+            self._pause_reason = "the server's rate-limit reset (X-RateLimit-Remaining 0)"
             self.pause(seconds)

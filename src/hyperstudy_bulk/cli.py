@@ -43,7 +43,7 @@ from hyperstudy_bulk.exits import (
 )
 from hyperstudy_bulk.exits import say as _say
 from hyperstudy_bulk.manifest import MANIFEST_NAME, Manifest, load_manifest
-from hyperstudy_bulk.progress import Monitor, make_renderer, summary_table
+from hyperstudy_bulk.progress import Monitor, make_renderer, no_file_line, summary_table
 from hyperstudy_bulk.runner import ExperimentNotFound
 from hyperstudy_bulk.sinks import safe_name
 from hyperstudy_bulk.survey import survey_experiment
@@ -232,6 +232,13 @@ def _verify(folder: Path) -> int:
         )
         return EXIT_OK
     print(f"archive is NOT whole: {len(report.problems)} problem(s) in {folder}")
+    if report.unfinished_streams or report.unfinished_media:
+        only_media = " --media-only" if not report.unfinished_streams else ""
+        print(
+            f"the download did not finish ({report.unfinished_streams} stream(s), "
+            f"{report.unfinished_media} media file(s) missing); to finish it, run: "
+            f"hyperstudy-bulk download {report.experiment_id} --out {folder.parent}{only_media}"
+        )
     return EXIT_INCOMPLETE
 
 
@@ -319,30 +326,38 @@ async def _archive_one(
 
 
 def _report_media(manifest: Manifest, folder: Path, media: bool) -> int:
-    """Which recordings' media files could not be fetched, if any (only when media was asked)."""
-    failed = manifest.failed_media if media else []
+    """Which recordings' media files are not on disk, if any."""
+    failed = manifest.failed_media
     if not failed:
         return EXIT_OK
-    listed = "; ".join(f"{m.recording_id} (room {m.room_id}): {m.error}" for m in failed[:5])
+    listed = "; ".join(
+        f"{m.recording_id} (room {m.room_id}): {m.error or 'not fetched yet'}" for m in failed[:5]
+    )
     more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
+    again = "run the same command again" if media else "run it again without --no-media"
     _say(
         f"media INCOMPLETE: {len(failed)} recording file(s) not fetched: {listed}{more}. "
-        f"Details in {folder / MANIFEST_NAME}; run the same command again to retry them."
+        f"Details in {folder / MANIFEST_NAME}; {again} to fetch them."
     )
     return EXIT_INCOMPLETE
 
 
 def _report(manifest: Manifest, folder: Path, *, media: bool) -> int:
     """The closing line: where the archive is, or which streams are missing and why."""
+    no_file = no_file_line(manifest) if media else None
     if manifest.complete:
         records = sum(stream.records for stream in manifest.streams)
         files = [m for m in manifest.media if m.status == "complete"] if media else []
         held = f" and {len(files):,} media files ({sum(m.bytes for m in files) / 1e6:,.1f} MB)"
         print(
             f"archive complete: {records:,} records{held if files else ''} in {folder} "
-            f"(see {MANIFEST_NAME})"
+            f"(see {MANIFEST_NAME})" + (f"; {no_file}" if no_file else "")
         )
         return EXIT_OK
+    if no_file:
+        print(no_file)
+    if not manifest.incomplete_streams:
+        return EXIT_OK  # only media files are missing: _report_media names them
     broken = manifest.incomplete_streams
     refused = [s for s in broken if s.error and ("HTTP 403" in s.error or "HTTP 401" in s.error)]
     listed = "; ".join(f"{s.key}: {s.error}" for s in broken[:5])

@@ -90,10 +90,13 @@ class MediaEntry:
     file_size: int | None = None
     """The recording row's `fileSize`, when it had one."""
     status: str = "pending"
-    """pending (not finished), complete, or failed (see `error`)."""
+    """pending (not finished), complete, failed (see `error`), or unavailable: the row names
+    no file (its egress failed; see `recording_status`), so there is nothing to fetch."""
     error: str | None = None
     bytes: int = 0
     sha256: str = ""
+    recording_status: str | None = None
+    """The recording row's own `status`, for an unavailable file."""
 
 
 @dataclass
@@ -134,7 +137,13 @@ class Manifest:
 
     @property
     def failed_media(self) -> list[MediaEntry]:
-        return [entry for entry in self.media if entry.status != "complete"]
+        """Files that exist but are not on disk (yet)."""
+        return [entry for entry in self.media if entry.status not in ("complete", "unavailable")]
+
+    @property
+    def unavailable_media(self) -> list[MediaEntry]:
+        """Recordings without a file (their egress failed): nothing to fetch."""
+        return [entry for entry in self.media if entry.status == "unavailable"]
 
 
 @dataclass

@@ -66,9 +66,18 @@ class MediaJob:
     room_id: str
     path: str
     file_size: int | None
-    mint: tuple[str, ...]
-    """API path segments that mint a fresh signed URL."""
+    mint: tuple[str, ...] | None
+    """API path segments that mint a fresh signed URL (None: the row names no route)."""
     url: str | None = field(default=None, repr=False)
+    recording_status: str | None = None
+    """The row's `status` (e.g. failed), kept to say why a recording has no file."""
+
+    @property
+    def has_file(self) -> bool:
+        """A row with neither a downloadPath nor a signed URL has no file behind it (its
+        egress failed): there is nothing to mint or fetch, and guessing a route would only
+        earn a 404 on every run."""
+        return self.url is not None or self.mint is not None
 
 
 def plan_media(rows: Iterable[Mapping[str, Any]]) -> list[MediaJob]:
@@ -87,13 +96,15 @@ def _job(row: Mapping[str, Any]) -> MediaJob | None:
     if not recording_id or not room_id:
         return None
     size = row.get("fileSize")
+    url = _signed_url(row)
     return MediaJob(
         recording_id=recording_id,
         room_id=room_id,
         path=f"{MEDIA_DIR}/{safe_name(room_id)}/{media_name(row, recording_id)}",
         file_size=size if isinstance(size, int) and not isinstance(size, bool) else None,
-        mint=_mint_route(row.get("downloadPath"), room_id, recording_id),
-        url=_signed_url(row),
+        mint=_mint_route(row.get("downloadPath"), room_id, recording_id, has_url=url is not None),
+        url=url,
+        recording_status=_text(row.get("status")),
     )
 
 
@@ -126,13 +137,18 @@ def _signed_url(row: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _mint_route(download_path: object, room_id: str, recording_id: str) -> tuple[str, ...]:
+def _mint_route(
+    download_path: object, room_id: str, recording_id: str, *, has_url: bool
+) -> tuple[str, ...] | None:
     """The segments of `downloadPath` when it is the documented route, else that route built
-    from the row's ids: the key is only ever sent to that route of the base URL."""
-    if isinstance(download_path, str):
+    from the row's ids (the key is only ever sent to that route of the base URL). None when
+    the row has neither a downloadPath nor a signed URL: it has no file."""
+    if isinstance(download_path, str) and download_path.strip("/"):
         segments = download_path.strip("/").split("/")
         if len(segments) == 5 and tuple(segments[:3]) == MINT_ROUTE:
             return (*MINT_ROUTE, unquote(segments[3]), unquote(segments[4]))
+    elif not has_url:
+        return None
     return (*MINT_ROUTE, room_id, recording_id)
 
 
@@ -287,14 +303,20 @@ class MediaFetcher(SessionHolder):
     def expect(self, jobs: Iterable[MediaJob]) -> None:
         """Tell the progress figures what is to come."""
         for job in jobs:
-            self._progress.files += 1
-            self._progress.expected += job.file_size or 0
+            if job.has_file:
+                self._progress.files += 1
+                self._progress.expected += job.file_size or 0
 
     async def fetch(self, job: MediaJob, entry: MediaEntry) -> None:
         """Fetch one file into place and describe it in `entry`. A 401 (the key was refused)
         is raised; every other failure ends only this file and is recorded in `entry`."""
         progress = self._progress
         final = self._folder / job.path
+        if not job.has_file:
+            entry.status, entry.error, entry.bytes, entry.sha256 = "unavailable", None, 0, ""
+            entry.recording_status = job.recording_status
+            progress.unavailable += 1
+            return
         if entry.status == "complete" and final.is_file() and final.stat().st_size == entry.bytes:
             progress.files_done += 1
             progress.bytes += entry.bytes
@@ -359,6 +381,9 @@ class MediaFetcher(SessionHolder):
                 given = None
 
     async def _mint(self, job: MediaJob) -> str:
+        if job.mint is None:
+            raise UrlRefused(f"recording {job.recording_id!r} has no download route to mint")
+        self._progress.requests += 1
         data = await self._api.get_object(MINT_ENDPOINT, job.mint)
         url = data.get("url")
         if not isinstance(url, str) or not self._allowed(url):

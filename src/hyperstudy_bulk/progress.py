@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
@@ -27,6 +28,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from hyperstudy_bulk.budget import Budget, Wait
 from hyperstudy_bulk.config import ProgressMode
 from hyperstudy_bulk.manifest import Manifest, StreamEntry
 
@@ -42,6 +44,19 @@ class TypeProgress:
     """Sum of the server's totals of the streams that have reported one."""
     requests: int = 0
     bytes: int = 0
+    planned: int = 0
+    """Streams the plan holds (they start one by one, so `streams` grows towards it)."""
+    endpoint: str = ""
+    """The budget's name for the data type's route."""
+
+    def requests_left(self, page_size: int) -> int:
+        """At least one request per stream not finished, and enough pages for the records
+        the servers' totals still promise."""
+        open_streams = max(self.planned, self.streams) - self.streams_done
+        if open_streams <= 0:
+            return 0
+        pages = -(-max(0, self.expected - self.records) // page_size) if page_size > 0 else 0
+        return max(open_streams, pages)
 
 
 @dataclass
@@ -52,6 +67,10 @@ class MediaProgress:
     files: int = 0
     files_done: int = 0
     failed: int = 0
+    unavailable: int = 0
+    """Recordings whose row names no file: not counted in `files`."""
+    requests: int = 0
+    """API requests this run made to mint signed URLs."""
     bytes: int = 0
     """Bytes on disk, whole files and parts."""
     expected: int = 0
@@ -87,6 +106,10 @@ class Monitor:
     programs embedding the library that want progress pushed rather than polled."""
     note: Callable[[str], None] = lambda message: None
     """Told of things worth a line in the log (e.g. what checking a complete archive cost)."""
+    budget: Budget | None = None
+    """The request budget the run is under: what it holds back and how long what is left
+    takes under it."""
+    page_size: int = 0
 
     def of(self, data_type: str) -> TypeProgress:
         return self.types.setdefault(data_type, TypeProgress())
@@ -104,10 +127,25 @@ class Monitor:
         return sum(t.requests for t in self.types.values())
 
     def eta_seconds(self) -> float | None:
+        """Seconds left: the longer of the recent rate's forecast and the time the budget
+        needs for the requests left (as `plan` reckons it), so a run about to wait for its
+        hourly budget does not promise to end in seconds."""
         elapsed = time.monotonic() - self.started
-        if self.records == 0 or elapsed <= 0 or self.expected <= self.records:
-            return None
-        return (self.expected - self.records) / (self.records / elapsed)
+        forecasts: list[float] = []
+        if self.records and elapsed > 0 and self.expected > self.records:
+            forecasts.append((self.expected - self.records) / (self.records / elapsed))
+        left = {
+            figures.endpoint: figures.requests_left(self.page_size)
+            for figures in self.types.values()
+            if figures.endpoint
+        }
+        if self.budget is not None and any(left.values()):
+            forecasts.append(self.budget.seconds_to_send(left))
+        return max(forecasts) if forecasts else None
+
+    def waiting(self) -> Wait | None:
+        """Why requests are held right now, if they are."""
+        return self.budget.waiting() if self.budget is not None else None
 
 
 class Renderer:
@@ -159,6 +197,8 @@ class LogRenderer(Renderer):
             f"{done}/{streams} streams, {m.requests:,} requests, {m.rate_limited()} x 429, "
             f"{m.retries()} retries, ETA {_duration(eta)}"
         )
+        if (wait := m.waiting()) is not None:
+            line += f"; {wait}"
         media = m.media
         if media.files:
             line += (
@@ -282,16 +322,31 @@ def summary_table(manifest: Manifest, monitor: Monitor) -> Table:
             "complete" if not broken else f"{broken} INCOMPLETE",
         )
     if manifest.media:
-        failed = sum(item.status != "complete" for item in manifest.media)
+        failed, unavailable = len(manifest.failed_media), len(manifest.unavailable_media)
+        state = "complete" if not failed else f"{failed} FAILED"
         table.add_row(
             "media files",
-            str(len(manifest.media)),
+            str(len(manifest.media) - unavailable),
             "-",
-            "-",
+            f"{monitor.media.requests:,}",
             f"{sum(item.bytes for item in manifest.media) / 1e6:.2f}",
-            "complete" if not failed else f"{failed} FAILED",
+            state + (f", {unavailable} no file" if unavailable else ""),
         )
     return table
+
+
+def no_file_line(manifest: Manifest) -> str | None:
+    """'3 recordings have no file (status failed)', or None when every recording has one."""
+    unavailable = manifest.unavailable_media
+    if not unavailable:
+        return None
+    statuses = Counter(entry.recording_status or "unknown" for entry in unavailable)
+    why = ", ".join(
+        f"status {status}" if len(statuses) == 1 else f"{count} status {status}"
+        for status, count in statuses.most_common()
+    )
+    count = len(unavailable)
+    return f"{count} recording{'s have' if count > 1 else ' has'} no file ({why})"
 
 
 def _duration(seconds: float | None) -> str:

@@ -94,6 +94,8 @@ class _Run:
     manifest: Manifest
     monitor: Monitor
     saved_at: float = 0.0
+    media_due: bool = False
+    """Media files are wanted and their fetching has not finished: not complete yet."""
     entries: dict[tuple[str, int], StreamEntry] = field(default_factory=dict)
     segments: SegmentRunner = field(init=False)
 
@@ -169,6 +171,7 @@ class _Run:
         entry = self.entry_for(segment)
         figures = self.monitor.of(spec.data_type.folder)
         figures.streams += 1
+        figures.endpoint = spec.endpoint
         checkpoint = self.segments.checkpoint(segment)
         if checkpoint.complete and entry.status != "complete":
             summarise(entry, checkpoint)
@@ -199,9 +202,7 @@ class _Run:
             return
         if force or now - self.saved_at >= 1.0:
             self.manifest.updated_at = iso_utc(datetime.now(UTC))
-            self.manifest.complete = bool(self.manifest.streams) and not (
-                self.manifest.incomplete_streams
-            )
+            self.manifest.complete = is_complete(self.manifest) and not self.media_due
             stats = self.api.stats
             self.manifest.requests = {
                 "sent": stats.requests,
@@ -216,6 +217,12 @@ class _Run:
             except OSError as error:
                 raise StorageError.from_os_error(error) from None
             self.saved_at = now
+
+
+def is_complete(manifest: Manifest) -> bool:
+    """Every record and every file that exists is on disk (a recording without a file is
+    not missing one)."""
+    return bool(manifest.streams) and not (manifest.incomplete_streams or manifest.failed_media)
 
 
 def _existing_manifest(folder: Path) -> Manifest | None:
@@ -258,7 +265,8 @@ def _open_manifest(
             f"--granularity {existing.granularity} (or auto), or choose another --out"
         )
     if update:
-        if not existing.complete:
+        # Media files that failed do not block a new window: the run retries them anyway.
+        if not existing.streams or existing.incomplete_streams:
             raise ConfigError(
                 f"{folder} is not complete yet: run the download again (without --update) to "
                 "finish it, then update it"
@@ -297,12 +305,14 @@ async def archive_experiment(
     moment = iso_utc(now or datetime.now(UTC))
     manifest, was_complete = _open_manifest(folder, settings, experiment_id, moment, update=update)
     monitor.experiment_id = experiment_id
-    run = _Run(api, settings, folder, manifest, monitor)
+    media = settings.media or settings.media_only
+    run = _Run(api, settings, folder, manifest, monitor, media_due=media)
     try:
         if not settings.media_only:
             await (_refetch_changed(run) if was_complete else _crawl(run))
-        if settings.media or settings.media_only:
+        if media:
             await _fetch_media(run)
+            run.media_due = False
     except ExperimentNotFound:
         raise
     except BaseException:
@@ -342,7 +352,10 @@ async def _crawl(run: _Run) -> None:
         rooms = await _discover_participants(run, rooms)
     discovered = {ROOMS, PARTICIPANTS} if granularity is Granularity.PARTICIPANT else {ROOMS}
     specs = plan_streams(manifest.experiment_id, settings.data_types, granularity, rooms)
-    await _run_all(run, [spec for spec in specs if spec.data_type not in discovered])
+    planned = [spec for spec in specs if spec.data_type not in discovered]
+    for spec in planned:
+        run.monitor.of(spec.data_type.folder).planned += 1
+    await _run_all(run, planned)
     await _refetch(
         run, [e for e in manifest.streams if e.window < run.window and e.status != "complete"]
     )

@@ -32,6 +32,11 @@ class Report:
     files: int
     records: int
     problems: list[Problem]
+    experiment_id: str = ""
+    unfinished_streams: int = 0
+    """Streams the download has not finished (interrupted or failed): running it again does."""
+    unfinished_media: int = 0
+    """Media files that exist but are not on disk yet; running the download again fetches them."""
 
     @property
     def whole(self) -> bool:
@@ -48,9 +53,7 @@ def verify_archive(folder: Path) -> Report:
     listed: set[str] = set()
     for stream in manifest.streams:
         if stream.status != "complete":
-            problems.append(
-                Problem(MANIFEST_NAME, stream.key, f"stream is {stream.status}: {stream.error}")
-            )
+            problems.append(Problem(MANIFEST_NAME, stream.key, _unfinished(stream.error)))
         for listed_file in archive.files(stream):
             entry, path = listed_file.entry, listed_file.path
             listed.add(entry.path)
@@ -81,16 +84,31 @@ def verify_archive(folder: Path) -> Report:
         if relative not in listed:
             problems.append(Problem(relative, "-", "not listed in the manifest"))
     for media in manifest.media:
-        files += 1
-        problems.extend(_check_media(folder, media))
-    return Report(files, records, problems)
+        if media.status != "unavailable":  # the recording has no file: nothing to check
+            files += 1
+            problems.extend(_check_media(folder, media))
+    return Report(
+        files,
+        records,
+        problems,
+        experiment_id=manifest.experiment_id,
+        unfinished_streams=len(manifest.incomplete_streams),
+        unfinished_media=len(manifest.failed_media),
+    )
+
+
+def _unfinished(error: str | None) -> str:
+    """Why an entry is not on disk: the error that stopped it, or an interrupted download."""
+    if error:
+        return f"not fetched: {error}"
+    return "not fetched yet: the download stopped before it"
 
 
 def _check_media(folder: Path, entry: MediaEntry) -> list[Problem]:
     """A media file must be there, whole, and hash to what the manifest says."""
     owner = f"recording {entry.recording_id}"
     if entry.status != "complete":
-        return [Problem(entry.path, owner, f"media file is {entry.status}: {entry.error}")]
+        return [Problem(entry.path, owner, f"media file {_unfinished(entry.error)}")]
     path = folder / entry.path
     if not path.is_file():
         return [Problem(entry.path, owner, "media file is missing")]

@@ -14,7 +14,7 @@ from hyperstudy.exceptions import AuthenticationError, NotFoundError, Validation
 from hyperstudy_bulk.simulator import SimulatorConfig, serve_in_thread
 from hyperstudy_bulk.simulator.server import SimulatorHandle
 
-CONFIG = SimulatorConfig(seed=7, rooms=3, participants=2, records=500)
+CONFIG = SimulatorConfig(seed=7, rooms=3, participants=2, records=500, failed_recordings=0.2)
 
 Fetch = Callable[..., Any]
 SDK_CALLS: dict[str, Fetch] = {
@@ -137,10 +137,16 @@ def test_health_and_experiments(sim: SimulatorHandle, client: hyperstudy.HyperSt
 def test_sdk_downloads_every_recording_byte_exact(
     sim: SimulatorHandle, client: hyperstudy.HyperStudy, tmp_path: Path
 ) -> None:
-    """Older rows embed a signed URL, newer ones need the downloadPath mint; both must work."""
+    """Older rows embed a signed URL, newer ones need the downloadPath mint; both must work.
+    A failed recording names no file, and the SDK says so."""
     recordings = client.get_recordings(sim.experiment_ids[0], output="dict", progress=False)
     assert {"downloadUrl" in r for r in recordings} == {True, False}
-    for rec in recordings:
+    failed = [r for r in recordings if r["status"] == "failed"]
+    assert failed
+    for rec in failed:
+        with pytest.raises(ValueError, match="no downloadUrl or url"):
+            client.download_recording(rec, output_dir=str(tmp_path))
+    for rec in (r for r in recordings if r not in failed):
         path = client.download_recording(rec, output_dir=str(tmp_path))
         size = sim.dataset.media_size(rec["roomId"], rec["recordingId"])
         assert rec.get("fileSize", size) == size

@@ -17,7 +17,7 @@ from .conftest import FakeClock, get_json
 async def minted(sim: SimulatorHandle, http: aiohttp.ClientSession) -> tuple[dict[str, Any], str]:
     """A recording row that only has a downloadPath, and the URL its mint route returns."""
     rows = sim.dataset.records("recordings", "experiment", sim.experiment_ids[0])
-    rec = next(r for r in rows if "downloadPath" in r)
+    rec = next(r for r in rows if r.get("downloadPath"))
     expected_path = (
         f"/data/recordings/download/{quote(rec['roomId'], safe='')}/{rec['recordingId']}"
     )

@@ -74,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--media-mbps", type=float, default=0.0, help="per-connection media MB/s (0: unthrottled)"
     )
+    p.add_argument(
+        "--failed-recordings",
+        type=float,
+        default=0.03,
+        help="share of recordings whose egress failed (no file), 0 to 1",
+    )
     return p
 
 
@@ -93,6 +99,7 @@ def to_argv(config: SimulatorConfig) -> list[str]:
         f"--max-page-size={config.max_page_size}",
         f"--media-bytes={config.media_bytes}",
         f"--media-mbps={config.media_mbps}",
+        f"--failed-recordings={config.failed_recordings}",
     ]
 
 
@@ -137,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_page_size=args.max_page_size,
             media_bytes=args.media_bytes,
             media_mbps=args.media_mbps,
+            failed_recordings=args.failed_recordings,
         )
         if not 0 <= args.port <= 65535:
             raise _UsageError(f"port {args.port} is out of range")

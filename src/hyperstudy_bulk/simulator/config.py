@@ -39,6 +39,9 @@ class SimulatorConfig:
     media_mbps: float = 0.0
     """Each media response's throughput in MB/s, like one stream from a storage host; 0 means
     as fast as loopback goes. Media responses also wait `latency_ms` before their first byte."""
+    failed_recordings: float = 0.03
+    """Share of recordings whose egress failed (seeded): their rows say `status` failed, with
+    `downloadPath` null and no fileSize or URL, and there is no file to mint or fetch."""
     file_size_skew: int = 0
     """Added to every recording row's fileSize: a server whose fileSize disagrees with the file."""
     cache_mb: int = 256
@@ -53,6 +56,8 @@ class SimulatorConfig:
                 raise ValueError(f"{name} must be >= 0")
         if self.latency_ms < 0 or self.jitter_ms < 0 or self.media_mbps < 0:
             raise ValueError("latency_ms, jitter_ms and media_mbps must be >= 0")
+        if not 0 <= self.failed_recordings <= 1:
+            raise ValueError("failed_recordings must be between 0 and 1")
         if self.rate_limit not in ("off", "production") and not (
             isinstance(self.rate_limit, int | float) and self.rate_limit > 0
         ):

@@ -58,6 +58,7 @@ from hyperstudy_bulk.simulator.records import (
     iso_ms,
     media_size,
     recording,
+    recording_failed,
     recording_format,
 )
 
@@ -489,7 +490,10 @@ class Dataset:
             fmt = recording_format(room, i, r)
             url = self.origin + self.signer.path(room.id, rec_id, fmt, _EMBEDDED_URL_EXPIRY)
         size = media_size(room, i, self.config.media_bytes, r) + self.config.file_size_skew
-        return recording(room, k, i, ts, r, rec_id=rec_id, size=size, signed_url=url)
+        failed = recording_failed(r, self.config.failed_recordings)
+        return recording(
+            room, k, i, ts, r, rec_id=rec_id, size=size, signed_url=url, failed=failed
+        )
 
     def _query(
         self,
@@ -684,7 +688,10 @@ class Dataset:
         i = self._recordings.get((room.id, recording_id))
         if i is None:
             raise NotFound("Recording not found")
-        return room, i, self._h(_CODE["recordings"], room.gindex, i)
+        r = self._h(_CODE["recordings"], room.gindex, i)
+        if recording_failed(r, self.config.failed_recordings):
+            raise NotFound("Recording file not available")
+        return room, i, r
 
     def media_format(self, room_id: str, recording_id: str) -> str:
         room, i, r = self._media(room_id, recording_id)

@@ -321,10 +321,25 @@ def recording_format(room: Room, i: int, r: int) -> str:
     return "webm" if i >= len(room.members) or (r >> 8) % 3 == 0 else "mp4"
 
 
+def recording_failed(r: int, share: float) -> bool:
+    """Whether recording hash `r` is one of the `share` whose egress failed (no file)."""
+    return (r >> 24) % 10_000 < share * 10_000
+
+
 def recording(
-    room: Room, k: int, i: int, ts: int, r: int, *, rec_id: str, size: int, signed_url: str | None
+    room: Room,
+    k: int,
+    i: int,
+    ts: int,
+    r: int,
+    *,
+    rec_id: str,
+    size: int,
+    signed_url: str | None,
+    failed: bool = False,
 ) -> Record:
-    """A recording row; older rows embed a signed URL, newer ones only a downloadPath."""
+    """A recording row; older rows embed a signed URL, newer ones only a downloadPath. A
+    failed egress left no file: `status` failed, `downloadPath` null, no fileSize nor URL."""
     member = room.members[k]
     audio = i >= len(room.members)
     fmt = recording_format(room, i, r)
@@ -342,7 +357,7 @@ def recording(
         "videoOffset": ts - room.started_ms,
         "format": fmt,
         "resolution": None if audio else "1280x720",
-        "status": "completed" if (r >> 12) % 2 else "complete",
+        "status": "failed" if failed else "completed" if (r >> 12) % 2 else "complete",
         "fileName": f"{rec_id}.{fmt}",
         "metadata": {
             "type": "audio" if audio else "video",
@@ -351,6 +366,9 @@ def recording(
             "experimentId": room.experiment_id,
         },
     }
+    if failed:
+        rec["downloadPath"] = None
+        return rec
     if (r >> 16) % 4 != 0:
         rec["fileSize"] = size
     if signed_url is not None:
