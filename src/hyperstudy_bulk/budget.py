@@ -218,9 +218,10 @@ class Budget:
 
     def seconds_to_send(self, requests_by_endpoint: Mapping[str, int]) -> float:
         """The least time until all these requests may be sent, given the permits in use now
-        (each window counted alone; network time and pauses not included)."""
+        (each window counted alone; network time and pauses not included). The requests
+        may include those in flight now: they are already sent."""
         now = asyncio.get_running_loop().time()
-        total = sum(requests_by_endpoint.values())
+        total = max(0, sum(requests_by_endpoint.values()) - self._in_flight)
         seconds = [self._key.state(now).seconds_to_send(total)]
         for endpoint, count in requests_by_endpoint.items():
             seconds.append(self._window(endpoint).state(now).seconds_to_send(count))

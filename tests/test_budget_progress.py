@@ -1,0 +1,130 @@
+"""A budget-bound run says when and why it waits, logs each pause, and its ETA counts the
+requests left against the budget (on a scaled clock)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from pathlib import Path
+
+import pytest
+from conftest import settings_for
+
+from hyperstudy_bulk.api import Downloader
+from hyperstudy_bulk.budget import Budget, Wait, WindowState
+from hyperstudy_bulk.progress import LogRenderer, Monitor
+from hyperstudy_bulk.simulator import SimulatorConfig, serve
+
+SCALE = 1800.0
+"""The hour lasts 2 s, the minute 1/30 s, on the simulator and in the client alike."""
+
+
+def test_seconds_to_send_counts_free_permits_returns_and_whole_periods() -> None:
+    state = WindowState(limit=3, period=10.0, free=1, returns=[2.0, 5.0])
+    assert state.seconds_to_send(0) == 0.0
+    assert state.seconds_to_send(1) == 0.0
+    assert state.seconds_to_send(2) == 2.0
+    assert state.seconds_to_send(3) == 5.0
+    assert state.seconds_to_send(4) == 10.0
+    assert state.seconds_to_send(6) == 15.0
+    assert state.seconds_to_send(7) == 20.0
+
+
+def test_a_wait_reads_like_a_clock() -> None:
+    assert str(Wait("the hourly budget", 751.2)) == (
+        "waiting for the hourly budget: next request in 12:32"
+    )
+
+
+async def test_a_request_held_by_the_hourly_budget_is_shown_and_logged_once() -> None:
+    logged: list[str] = []
+    budget = Budget(per_hour=2, per_minute_per_endpoint=100, time_scale=3600, log=logged.append)
+    for _ in range(2):
+        async with budget.slot("data/events"):
+            pass
+    assert budget.waiting() is None
+    held = [asyncio.create_task(_one(budget)) for _ in range(3)]
+    await asyncio.sleep(0)  # let them reach the budget
+    wait = budget.waiting()
+    assert wait is not None
+    assert wait.reason == "the hourly budget"
+    assert 0 < wait.seconds <= 1.0
+    await asyncio.gather(*held)
+    assert logged == []  # a pause under a second is not worth a line
+
+
+async def test_a_pause_of_a_second_or_more_is_logged_once() -> None:
+    logged: list[str] = []
+    budget = Budget(per_hour=1, per_minute_per_endpoint=100, time_scale=3600 / 1.2, log=logged.append)
+    async with budget.slot("data/events"):
+        pass
+    await asyncio.gather(_one(budget), _one(budget))
+    assert logged == ["waiting for the hourly budget: next request in 0:02"]
+
+
+async def _one(budget: Budget) -> None:
+    async with budget.slot("data/events"):
+        pass
+
+
+async def test_the_eta_early_in_a_budget_bound_run_is_within_a_quarter_of_the_truth(
+    tmp_path: Path,
+) -> None:
+    config = SimulatorConfig(seed=4, rooms=2, participants=2, records=100, rate_limit=SCALE)
+    logged: list[str] = []
+    async with serve(config) as sim:
+        settings = settings_for(
+            sim,
+            tmp_path,
+            data_types="events",
+            granularity="experiment",
+            page_size=10,
+            rate_limit_per_hour=12,
+            rate_limit_per_minute_per_endpoint=100,
+            rate_limit_time_scale=SCALE,
+            media=False,
+            verbose=True,
+        )
+        samples: list[tuple[float, float | None, str]] = []
+        async with Downloader(settings, log=logged.append) as downloader:
+            monitor = downloader.monitor()
+            renderer = LogRenderer(monitor, io.StringIO())
+
+            async def watch() -> None:
+                while True:
+                    samples.append((time.monotonic(), monitor.eta_seconds(), renderer.line()))
+                    await asyncio.sleep(0.05)
+
+            watcher = asyncio.create_task(watch())
+            manifest = await downloader.archive(sim.experiment_ids[0], monitor=monitor)
+            ended = time.monotonic()
+            watcher.cancel()
+        assert manifest.complete
+        assert sim.stats()["rate_limited"] == 0
+    waiting = [(t, eta, line) for t, eta, line in samples if "waiting for" in line]
+    assert waiting, samples[-1]
+    at, eta, line = waiting[0]
+    assert "waiting for the hourly budget: next request in 0:0" in line
+    assert eta is not None
+    ratio = eta / (ended - at)
+    assert 0.75 <= ratio <= 1.25, (eta, ended - at)
+    pauses = [message for message in logged if message.startswith("waiting for the hourly budget")]
+    assert len(pauses) == 3, logged
+
+
+@pytest.mark.parametrize("paused_by", ["429", "reset"])
+async def test_a_server_pause_says_what_the_server_asked(paused_by: str) -> None:
+    logged: list[str] = []
+    budget = Budget(per_hour=100, per_minute_per_endpoint=100, log=logged.append)
+    if paused_by == "429":
+        budget.rate_limited(30)
+        reason = "the server's Retry-After (HTTP 429)"
+    else:
+        budget.observe(0, 30)
+        reason = "the server's rate-limit reset (X-RateLimit-Remaining 0)"
+    wait = budget.waiting()
+    assert wait is not None
+    assert (wait.reason, round(wait.seconds)) == (reason, 30)
+    monitor = Monitor(budget=budget)
+    assert f"waiting for {reason}: next request in 0:30" in LogRenderer(monitor, io.StringIO()).line()
