@@ -56,7 +56,9 @@ async def test_a_request_held_by_the_hourly_budget_is_shown_and_logged_once() ->
 
 async def test_a_pause_of_a_second_or_more_is_logged_once() -> None:
     logged: list[str] = []
-    budget = Budget(per_hour=1, per_minute_per_endpoint=100, time_scale=3600 / 1.2, log=logged.append)
+    budget = Budget(
+        per_hour=1, per_minute_per_endpoint=100, time_scale=3600 / 1.2, log=logged.append
+    )
     async with budget.slot("data/events"):
         pass
     await asyncio.gather(_one(budget), _one(budget))
@@ -127,4 +129,5 @@ async def test_a_server_pause_says_what_the_server_asked(paused_by: str) -> None
     assert wait is not None
     assert (wait.reason, round(wait.seconds)) == (reason, 30)
     monitor = Monitor(budget=budget)
-    assert f"waiting for {reason}: next request in 0:30" in LogRenderer(monitor, io.StringIO()).line()
+    line = LogRenderer(monitor, io.StringIO()).line()
+    assert f"waiting for {reason}: next request in 0:30" in line

@@ -195,7 +195,8 @@ def test_plan_shows_streams_and_requests_and_writes_nothing(
     events = sim.dataset.total("events", "experiment", exp)
     assert f"{events:,}" in out
     assert "granularity experiment" in out
-    assert "requests; the rate budget" in out
+    assert "they fit in the rate budget (1000/hour, 100/minute per endpoint): no waiting" in out
+    assert "0.0 minutes" not in out
     assert list(env.iterdir()) == []
 
 
@@ -233,9 +234,14 @@ def test_the_key_never_appears_in_anything_a_run_produces(
 
 @pytest.mark.parametrize("mode", ["log", "bar"])
 def test_progress_shows_records_requests_and_429s(
-    env: Path, sim: SimulatorHandle, capsys: pytest.CaptureFixture[str], mode: str
+    env: Path,
+    sim: SimulatorHandle,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    mode: str,
 ) -> None:
     exp = sim.experiment_ids[0]
+    monkeypatch.setenv("COLUMNS", "140")  # a wide terminal shows every column
     assert main(["download", exp, "--out", "arch", *FAST[2:], "--progress", mode]) == 0
     captured = capsys.readouterr()
     records = sum(sim.dataset.total(p, "experiment", exp) for p in DATA_TYPES)

@@ -64,8 +64,10 @@ def test_a_row_naming_no_file_gets_no_guessed_route() -> None:
         ]
     )
     assert (failed.has_file, failed.mint, failed.recording_status) == (False, None, "failed")
-    assert embedded.has_file and embedded.mint == ("data", "recordings", "download", "r", "b")
-    assert minted.has_file and minted.mint == ("data", "recordings", "download", "r", "c")
+    assert embedded.has_file
+    assert embedded.mint == ("data", "recordings", "download", "r", "b")
+    assert minted.has_file
+    assert minted.mint == ("data", "recordings", "download", "r", "c")
 
 
 # -- the simulator --------------------------------------------------------------------------
@@ -83,7 +85,8 @@ def test_the_simulator_serves_a_few_percent_of_failed_recordings_by_default() ->
     for row in failed:
         assert row["downloadPath"] is None
         assert not {"fileSize", "url", "downloadUrl"} & set(row)
-    assert all(row.get("downloadPath") or row.get("downloadUrl") for row in rows if row not in failed)
+    served = [row for row in rows if row not in failed]
+    assert all(row.get("downloadPath") or row.get("downloadUrl") for row in served)
 
 
 def test_the_share_of_failed_recordings_is_a_knob_and_a_flag() -> None:

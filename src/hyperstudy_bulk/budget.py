@@ -36,6 +36,7 @@ class SlidingWindow:
         """Loop times at which used permits come back, oldest first."""
         self.waiting = 0
         """Requests held at this window right now."""
+        self._used = 0
 
     async def acquire(self) -> None:
         self.waiting += 1
@@ -43,6 +44,7 @@ class SlidingWindow:
             await self._permits.acquire()
         finally:
             self.waiting -= 1
+        self._used += 1
 
     def release_later(self) -> None:
         loop = asyncio.get_running_loop()
@@ -51,16 +53,17 @@ class SlidingWindow:
 
     def _release(self) -> None:
         self._returns.popleft()
-        self._permits.release()
+        self.release_now()
 
     def release_now(self) -> None:
         """Return a permit the request never used (it was cancelled before being sent)."""
+        self._used -= 1
         self._permits.release()
 
     def state(self, now: float) -> WindowState:
         """Permits free now and, for those in use, seconds until each comes back (a request
         still in flight counts as returning a whole period from now)."""
-        free = self._permits._value  # noqa: SLF001 (asyncio.Semaphore keeps its count here)
+        free = self.limit - self._used
         returns = [max(0.0, at - now) for at in self._returns]
         returns += [self.period] * max(0, self.limit - free - len(returns))
         return WindowState(self.limit, self.period, free, returns)
@@ -152,7 +155,9 @@ class Budget:
         self._in_flight = 0
         self._log = log
         self._pause_reason = "a rate-limit pause"
-        self._announced_until = 0.0
+        self._pauses_logged = 0
+        self._announced = False
+        """The last pause logged still holds every request it met."""
         self.counters = BudgetCounters()
 
     def _window(self, endpoint: str) -> SlidingWindow:
@@ -165,7 +170,7 @@ class Budget:
     async def slot(self, endpoint: str) -> AsyncIterator[None]:
         """Wait until one request to `endpoint` may be sent; hold its permits while it runs."""
         window = self._window(endpoint)
-        self._announce(endpoint)
+        held = self._announce(endpoint)
         await self._gate.wait()
         await window.acquire()
         try:
@@ -179,6 +184,8 @@ class Budget:
             window.release_now()
             self._key.release_now()
             raise
+        if held == self._pauses_logged:
+            self._announced = False  # that pause is over: the next one gets a line of its own
         self._in_flight += 1
         try:
             yield
@@ -208,13 +215,17 @@ class Budget:
         """Why requests are held right now, if they are (for progress displays)."""
         return self._holding(None)
 
-    def _announce(self, endpoint: str) -> None:
-        """Log each pause of at least a second once, when the first request meets it."""
+    def _announce(self, endpoint: str) -> int | None:
+        """Log each pause of at least a second once, when the first request meets it.
+        Returns the number of the logged pause holding this request, if one is."""
         wait = self._holding(endpoint)
-        now = asyncio.get_running_loop().time()
-        if wait is not None and wait.seconds >= 1.0 and now >= self._announced_until:
-            self._announced_until = now + wait.seconds
+        if wait is None:
+            return None
+        if wait.seconds >= 1.0 and not self._announced:
+            self._announced = True
+            self._pauses_logged += 1
             self._log(str(wait))
+        return self._pauses_logged if self._announced else None
 
     def seconds_to_send(self, requests_by_endpoint: Mapping[str, int]) -> float:
         """The least time until all these requests may be sent, given the permits in use now

@@ -13,11 +13,12 @@ import argparse
 import asyncio
 import dataclasses
 import gc
+import math
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 from rich.console import Console
 from rich.table import Table
@@ -43,10 +44,16 @@ from hyperstudy_bulk.exits import (
 )
 from hyperstudy_bulk.exits import say as _say
 from hyperstudy_bulk.manifest import MANIFEST_NAME, Manifest, load_manifest
-from hyperstudy_bulk.progress import Monitor, make_renderer, no_file_line, summary_table
+from hyperstudy_bulk.progress import (
+    Monitor,
+    Renderer,
+    make_renderer,
+    no_file_line,
+    summary_table,
+)
 from hyperstudy_bulk.runner import ExperimentNotFound
 from hyperstudy_bulk.sinks import safe_name
-from hyperstudy_bulk.survey import survey_experiment
+from hyperstudy_bulk.survey import Survey, survey_experiment
 from hyperstudy_bulk.verify import verify_archive
 
 _FLAGS = {"quiet", "verbose", "allow_insecure_http", "media_only"}
@@ -54,6 +61,7 @@ _NEGATED = {"media"}
 """Options on by default: their flag is --no-NAME (the environment and config can say true)."""
 _MEDIA_OPTIONS = frozenset({"media", "media_only", "media_concurrency"})
 _ID_MAX = 512
+T = TypeVar("T")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -303,9 +311,10 @@ async def _archive_one(
 ) -> int:
     settings = downloader.settings
     renderer = make_renderer(settings.progress, monitor, quiet=settings.quiet)
-    await renderer.start()
     try:
-        manifest = await downloader.archive(experiment_id, monitor=monitor, update=update)
+        manifest = await _shown(
+            renderer, downloader.archive(experiment_id, monitor=monitor, update=update)
+        )
     except (ExperimentNotFound, ConfigError, TlsError) as error:
         _say(str(error))
         return EXIT_USAGE
@@ -317,12 +326,24 @@ async def _archive_one(
     except HyperStudyBulkError as error:
         _say(f"{experiment_id}: {error}")
         return EXIT_INCOMPLETE
-    finally:
-        await renderer.stop()
     out.print(summary_table(manifest, monitor))
     folder = settings.out / safe_name(experiment_id)
     media = settings.media or settings.media_only
     return max(_report(manifest, folder, media=media), _report_media(manifest, folder, media))
+
+
+async def _shown(renderer: Renderer, work: Coroutine[object, object, T]) -> T:
+    """Run `work` under the progress display, which goes before any message that follows.
+    Its closing figures are shown unless the run failed before it had any (no stray
+    '0/0 records' line or half-drawn bar after a refused key)."""
+    await renderer.start()
+    try:
+        result = await work
+    except BaseException:
+        await renderer.stop(final=renderer.monitor.has_data)
+        raise
+    await renderer.stop()
+    return result
 
 
 def _report_media(manifest: Manifest, folder: Path, media: bool) -> int:
@@ -393,12 +414,41 @@ async def _plan(settings: Settings, experiment_ids: Sequence[str]) -> int:
                     str(streams),
                     f"{requests:,}",
                 )
+            if survey.media_files:
+                table.add_row(
+                    "media files", f"{survey.media_files:,}", "-", f"{survey.media_files:,}"
+                )
             Console().print(table)
-            total = sum(survey.requests_by_type.values())
-            print(
-                f"{total:,} requests; the rate budget ({settings.rate_limit_per_hour}/hour, "
-                f"{settings.rate_limit_per_minute_per_endpoint}/minute per endpoint) needs at "
-                f"least {survey.seconds / 60:.1f} minutes plus network time. "
-                f"Surveying used {survey.survey_requests} requests."
-            )
+            print(_plan_line(settings, survey))
     return EXIT_OK
+
+
+def _plan_line(settings: Settings, survey: Survey) -> str:
+    """How many requests, how long the budget makes them take, and what media adds."""
+    total = sum(survey.requests_by_type.values()) + survey.media_files
+    budget = (
+        f"{settings.rate_limit_per_hour}/hour, "
+        f"{settings.rate_limit_per_minute_per_endpoint}/minute per endpoint"
+    )
+    if survey.seconds > 0:
+        waits = (
+            f"the rate budget ({budget}) makes them take at least "
+            f"{_minutes(survey.seconds)} plus network time"
+        )
+    else:
+        waits = f"they fit in the rate budget ({budget}): no waiting, only network time"
+    media = (
+        f" Media: {survey.media_files:,} recording files, at most one request each to mint "
+        "a signed URL (counted above; the transfers are not; --no-media skips them)."
+        if survey.media_files
+        else ""
+    )
+    return (
+        f"{total:,} requests at least; {waits}.{media} "
+        f"Surveying used {survey.survey_requests} requests."
+    )
+
+
+def _minutes(seconds: float) -> str:
+    hours, minutes = divmod(math.ceil(seconds / 60), 60)
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min"

@@ -19,7 +19,7 @@ import hashlib
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -300,12 +300,16 @@ class MediaFetcher(SessionHolder):
             auto_decompress=False,
         )
 
-    def expect(self, jobs: Iterable[MediaJob]) -> None:
-        """Tell the progress figures what is to come."""
-        for job in jobs:
-            if job.has_file:
-                self._progress.files += 1
-                self._progress.expected += job.file_size or 0
+    def expect(self, jobs: Sequence[MediaJob]) -> None:
+        """Tell the progress figures what is to come, up front: the sum of the known
+        fileSizes, and for a row without one the mean of those (replaced by its true size
+        once a response tells it), so the total does not grow as the run goes."""
+        sizes = [job.file_size for job in jobs if job.has_file]
+        known = [size for size in sizes if size is not None]
+        progress = self._progress
+        progress.guessed_size = sum(known) // len(known) if known else 0
+        progress.files += len(sizes)
+        progress.expected += sum(known) + progress.guessed_size * (len(sizes) - len(known))
 
     async def fetch(self, job: MediaJob, entry: MediaEntry) -> None:
         """Fetch one file into place and describe it in `entry`. A 401 (the key was refused)
@@ -320,7 +324,7 @@ class MediaFetcher(SessionHolder):
         if entry.status == "complete" and final.is_file() and final.stat().st_size == entry.bytes:
             progress.files_done += 1
             progress.bytes += entry.bytes
-            progress.expected += entry.bytes if job.file_size is None else 0
+            progress.expected += entry.bytes - progress.guessed_size if job.file_size is None else 0
             return
         if progress.started is None:
             progress.started = time.monotonic()
@@ -442,7 +446,7 @@ class MediaFetcher(SessionHolder):
             total = response.content_length
         self._check_size(job, total)
         if job.file_size is None and total is not None:
-            self._progress.expected += total
+            self._progress.expected += total - self._progress.guessed_size
         return total if total is not None else job.file_size
 
     def _check_whole(self, response: aiohttp.ClientResponse, job: MediaJob, part: PartFile) -> int:

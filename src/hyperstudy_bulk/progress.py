@@ -23,10 +23,10 @@ from rich.progress import (
     Progress,
     TaskID,
     TextColumn,
-    TimeRemainingColumn,
     TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from hyperstudy_bulk.budget import Budget, Wait
 from hyperstudy_bulk.config import ProgressMode
@@ -74,7 +74,10 @@ class MediaProgress:
     bytes: int = 0
     """Bytes on disk, whole files and parts."""
     expected: int = 0
-    """Sum of the sizes known so far (fileSize, else Content-Length once a response tells)."""
+    """Sum of the files' sizes: fileSize, else Content-Length once a response tells it, and
+    until then `guessed_size`."""
+    guessed_size: int = 0
+    """What a file without a fileSize counts until its size is known: the mean known size."""
     received: int = 0
     """Bytes transferred by this run."""
     started: float | None = None
@@ -127,25 +130,33 @@ class Monitor:
         return sum(t.requests for t in self.types.values())
 
     def eta_seconds(self) -> float | None:
-        """Seconds left: the longer of the recent rate's forecast and the time the budget
-        needs for the requests left (as `plan` reckons it), so a run about to wait for its
-        hourly budget does not promise to end in seconds."""
-        elapsed = time.monotonic() - self.started
-        forecasts: list[float] = []
-        if self.records and elapsed > 0 and self.expected > self.records:
-            forecasts.append((self.expected - self.records) / (self.records / elapsed))
+        """Seconds left. When the budget cannot send every request left at once, the time
+        it needs for them (as `plan` reckons it: a run about to wait for its hourly budget
+        does not promise to end in seconds, nor does a pause make it forecast the run's
+        average rate); otherwise the rate so far."""
         left = {
             figures.endpoint: figures.requests_left(self.page_size)
             for figures in self.types.values()
             if figures.endpoint
         }
         if self.budget is not None and any(left.values()):
-            forecasts.append(self.budget.seconds_to_send(left))
-        return max(forecasts) if forecasts else None
+            held = self.budget.seconds_to_send(left)
+            if held > 0:
+                return held
+        elapsed = time.monotonic() - self.started
+        if self.records and elapsed > 0 and self.expected > self.records:
+            return (self.expected - self.records) / (self.records / elapsed)
+        return None
 
     def waiting(self) -> Wait | None:
         """Why requests are held right now, if they are."""
         return self.budget.waiting() if self.budget is not None else None
+
+    @property
+    def has_data(self) -> bool:
+        """Something was fetched or found on disk: a run refused before that (wrong key,
+        unknown experiment) has no figures worth a closing line."""
+        return self.records > 0 or self.media.files > 0 or self.media.unavailable > 0
 
 
 class Renderer:
@@ -161,12 +172,15 @@ class Renderer:
     async def _run(self) -> None:
         return None
 
-    async def stop(self) -> None:
+    async def stop(self, *, final: bool = True) -> None:
+        """Stop showing; show the closing figures once unless `final` is False (the run
+        ended with a one-line error before it had anything to show)."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        self.final()
+        if final:
+            self.final()
 
     def final(self) -> None:
         return None
@@ -213,74 +227,89 @@ class LogRenderer(Renderer):
         self._stream.flush()
 
 
+WIDE = 120
+"""Terminal columns from which the bars also show requests, 429s and transfer speed."""
+NARROW = 80
+"""Terminal columns below which the bars keep only the name, the bar and the ETA."""
+
+
 class BarRenderer(Renderer):
-    """A live rich progress bar per data type on a terminal."""
+    """A live rich progress bar per data type on a terminal, and a line saying why the run
+    waits when the budget holds it. A narrower terminal drops the less important columns
+    (requests, 429s, speed, then the counts), never the bar or the ETA. The ETA is the
+    monitor's, which counts the budget, not rich's recent-speed guess."""
 
     def __init__(self, monitor: Monitor, console: Console) -> None:
         super().__init__(monitor)
-        self._progress = Progress(
-            TextColumn("{task.description:<20}"),
-            BarColumn(),
-            TextColumn("{task.fields[counts]:>27} records"),
-            TextColumn("{task.fields[requests]:>7,} req"),
-            TextColumn("{task.fields[limited]:>4} x429"),
-            TimeRemainingColumn(),
-            console=console,
-            transient=False,
+        width = console.width
+        bar = BarColumn(bar_width=None if width >= WIDE else 20 if width >= NARROW else 10)
+        eta = TextColumn("{task.fields[eta]:>11}")
+        counts = [TextColumn("{task.fields[counts]:>21} records")] if width >= NARROW else []
+        extra = (
+            [
+                TextColumn("{task.fields[requests]:>7,} req"),
+                TextColumn("{task.fields[limited]:>4} x429"),
+            ]
+            if width >= WIDE
+            else []
         )
-        self._media_bar = Progress(
-            TextColumn("{task.description:<20}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=False,
-        )
+        name = TextColumn("{task.description:<18}")
+        self._progress = Progress(name, bar, *counts, *extra, eta, console=console)
+        media_counts = [DownloadColumn()] if width >= NARROW else []
+        speed = [TransferSpeedColumn()] if width >= WIDE else []
+        self._media_bar = Progress(name, bar, *media_counts, *speed, eta, console=console)
+        self._status = Text()
         self._tasks: dict[str, TaskID] = {}
-        self._shown = False
+
+    def _view(self) -> Group:
+        return Group(self._progress, self._media_bar, self._status)
 
     async def _run(self) -> None:
-        with Live(Group(self._progress, self._media_bar), console=self._progress.console):
-            self._shown = True
-            try:
-                while True:
-                    self._refresh()
-                    await asyncio.sleep(0.2)
-            finally:
-                self._refresh()  # the frame Live leaves behind is the final one
+        # Transient: the live frame is erased at the end, and `final` prints the last one
+        # only when there is something to show (no half-drawn bar after an early error).
+        with Live(self._view(), console=self._progress.console, transient=True):
+            while True:
+                self._refresh()
+                await asyncio.sleep(0.2)
 
     def _refresh(self) -> None:
-        for name, figures in self.monitor.types.items():
+        monitor = self.monitor
+        eta = f"ETA {_duration(monitor.eta_seconds())}"
+        for name, figures in monitor.types.items():
             if name not in self._tasks:
                 self._tasks[name] = self._progress.add_task(
-                    name, total=None, requests=0, limited=0, counts=""
+                    name, total=None, requests=0, limited=0, counts="", eta=""
                 )
             total = max(figures.expected, figures.records) or None
+            done = figures.streams > 0 and figures.streams_done >= figures.streams
             self._progress.update(
                 self._tasks[name],
                 completed=figures.records,
                 total=total,
                 requests=figures.requests,
-                limited=self.monitor.rate_limited(),
+                limited=monitor.rate_limited(),
                 counts=f"{figures.records:,}/{'?' if total is None else f'{total:,}'}",
+                eta="done" if done else eta,
             )
-        media = self.monitor.media
+        media = monitor.media
         if media.files:
             if "media" not in self._tasks:
-                self._tasks["media"] = self._media_bar.add_task("media", total=None)
+                self._tasks["media"] = self._media_bar.add_task("media", total=None, eta="")
             self._media_bar.update(
                 self._tasks["media"],
                 completed=media.bytes,
                 total=max(media.expected, media.bytes) or None,
+                eta=f"ETA {_duration(media.eta_seconds())}"
+                if media.bytes < media.expected
+                else "done",
             )
+        wait = monitor.waiting()
+        self._status.plain = str(wait) if wait is not None else ""
 
     def final(self) -> None:
-        """The bars' last state; printed here when the run ended before the live display
-        started (a quick run), so the figures are always shown once."""
+        """The bars' last state, printed once the live display is gone."""
         self._refresh()
-        if not self._shown:
-            self._progress.console.print(Group(self._progress, self._media_bar))
+        self._progress.console.print(self._view())
 
 
 def make_renderer(mode: ProgressMode, monitor: Monitor, *, quiet: bool) -> Renderer:

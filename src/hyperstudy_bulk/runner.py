@@ -170,7 +170,6 @@ class _Run:
             return await self.segments.ids_only(segment, on_ids or (lambda ids: None))
         entry = self.entry_for(segment)
         figures = self.monitor.of(spec.data_type.folder)
-        figures.streams += 1
         figures.endpoint = spec.endpoint
         checkpoint = self.segments.checkpoint(segment)
         if checkpoint.complete and entry.status != "complete":
@@ -178,10 +177,9 @@ class _Run:
         if entry.status == "complete":
             if on_ids is not None:
                 on_ids(ids_in([self.folder / f.path for f in entry.files], spec.data_type.id_field))
-            figures.streams_done += 1
-            figures.records += entry.records
-            figures.expected += entry.records
+            self.count_held(entry)
             return None
+        figures.streams += 1
         entry.status, entry.error = "pending", None
         entry.started_at = iso_utc(datetime.now(UTC))
         try:
@@ -192,6 +190,14 @@ class _Run:
             entry.finished_at = iso_utc(datetime.now(UTC))
             figures.streams_done += 1
             self.save(force=False)
+
+    def count_held(self, entry: StreamEntry) -> None:
+        """Show a stream window the archive already holds whole as done."""
+        figures = self.monitor.of(entry.data_type)
+        figures.streams += 1
+        figures.streams_done += 1
+        figures.records += entry.records
+        figures.expected += entry.records
 
     def save(self, *, force: bool, create: bool = False) -> None:
         """Save the manifest at most once a second while running, and always when forced.
@@ -381,6 +387,9 @@ async def _refetch_changed(run: _Run) -> None:
         for entry in entries:
             if await _total(run, _spec_of(entry), entry.params) != entry.server_total:
                 changed.append(entry)
+    for entry in manifest.streams:
+        if entry not in changed:
+            run.count_held(entry)
     run.monitor.note(
         f"archive was complete; {run.api.stats.requests - before} requests checked it: "
         + (f"{len(changed)} stream window(s) changed" if changed else "nothing changed")
@@ -416,6 +425,8 @@ def _spec_of(entry: StreamEntry) -> StreamSpec:
 
 
 async def _total(run: _Run, spec: StreamSpec, params: dict[str, str]) -> int:
+    """The stream's total over `params`' window: one request, counted for its data type."""
+    run.monitor.of(spec.data_type.folder).requests += 1
     page = await run.api.get_page(spec.endpoint, spec.segments, params, offset=0, limit=1)
     return page.total
 
@@ -473,7 +484,7 @@ async def _fetch_media(run: _Run) -> None:
     fetcher = MediaFetcher(
         run.api, run.settings, run.folder, run.monitor.media, log=run.monitor.note
     )
-    fetcher.expect(job for job, _ in jobs)
+    fetcher.expect([job for job, _ in jobs])
 
     async def one(pair: tuple[MediaJob, MediaEntry]) -> None:
         await fetcher.fetch(*pair)

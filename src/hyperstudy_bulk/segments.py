@@ -150,6 +150,8 @@ class SegmentRunner:
             raise failure from None
         except BaseException:
             failure = IncompleteStream("interrupted")
+            if entry.status != "complete":  # say how far it got: what the checkpoint holds
+                summarise_progress(entry, self.checkpoint(segment))
             raise
         finally:
             if failure is not None and entry.status != "complete":
@@ -303,7 +305,8 @@ class SegmentRunner:
                 self.before_first_write()
                 self._wrote = True
             await writer.put(data, len(records), checkpoint)
-            figures.records += len(records)
+            # Records dropped as repeats are accounted for too: the server's total counts them.
+            figures.records += len(chunk.records)
             figures.bytes += len(data)
             count_requests()
             if not counted_total:
@@ -415,6 +418,14 @@ def summarise(entry: StreamEntry, checkpoint: Checkpoint) -> None:
     """Copy a checkpoint's figures into the manifest's entry for the segment; a complete one
     completes the entry (its superseded files are left for part_files.sweep)."""
     entry.files = checkpoint.files
+    summarise_progress(entry, checkpoint)
+    if checkpoint.complete:
+        entry.status, entry.error, entry.superseded = "complete", None, []
+
+
+def summarise_progress(entry: StreamEntry, checkpoint: Checkpoint) -> None:
+    """Copy a checkpoint's figures, but not its files, into the entry: an interrupted stream
+    then says how far it got (records and bytes on disk, open part included)."""
     entry.server_total = checkpoint.total
     entry.records = checkpoint.records
     entry.pages = checkpoint.pages
@@ -424,10 +435,9 @@ def summarise(entry: StreamEntry, checkpoint: Checkpoint) -> None:
     entry.overlap = checkpoint.overlap
     entry.refetches = checkpoint.refetches
     entry.warnings = checkpoint.warnings
-    entry.bytes = sum(f.bytes for f in checkpoint.files)
-    entry.open_part = checkpoint.part.path + PART_SUFFIX if checkpoint.part else None
-    if checkpoint.complete:
-        entry.status, entry.error, entry.superseded = "complete", None, []
+    part = checkpoint.part
+    entry.bytes = sum(f.bytes for f in checkpoint.files) + (part.bytes if part else 0)
+    entry.open_part = part.path + PART_SUFFIX if part else None
 
 
 def _advance(

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 from hyperstudy_bulk.client import ApiClient
 from hyperstudy_bulk.config import Granularity, Settings
-from hyperstudy_bulk.datatypes import PARTICIPANTS, ROOMS, DataType
+from hyperstudy_bulk.datatypes import PARTICIPANTS, RECORDINGS, ROOMS, DataType
 from hyperstudy_bulk.errors import ApiError
+from hyperstudy_bulk.media import MINT_ENDPOINT
 from hyperstudy_bulk.pager import stream_ids
 from hyperstudy_bulk.plan import (
     RequestBudget,
@@ -34,6 +35,8 @@ class Survey:
     requests_by_type: dict[DataType, int]
     seconds: float
     survey_requests: int
+    media_files: int = 0
+    """Recordings whose media file download would fetch: at most one mint request each."""
 
 
 async def _ids(api: ApiClient, spec: StreamSpec, settings: Settings) -> tuple[list[str], int]:
@@ -87,6 +90,10 @@ async def survey_experiment(api: ApiClient, settings: Settings, experiment_id: s
         )
         for data_type in settings.data_types
     }
+    media_files = totals.get(RECORDINGS, 0) if settings.media else 0
+    by_endpoint = {f"data/{dt.path}": n for dt, n in requests.items()}
+    if media_files:
+        by_endpoint[MINT_ENDPOINT] = media_files
     budget = RequestBudget(
         settings.rate_limit_per_hour,
         settings.rate_limit_per_minute_per_endpoint,
@@ -100,6 +107,7 @@ async def survey_experiment(api: ApiClient, settings: Settings, experiment_id: s
         granularity=granularity,
         streams=plan_streams(experiment_id, settings.data_types, granularity, rooms),
         requests_by_type=requests,
-        seconds=estimate_seconds({f"data/{dt.path}": n for dt, n in requests.items()}, budget),
+        seconds=estimate_seconds(by_endpoint, budget),
         survey_requests=api.stats.requests - before,
+        media_files=media_files,
     )

@@ -491,9 +491,7 @@ class Dataset:
             url = self.origin + self.signer.path(room.id, rec_id, fmt, _EMBEDDED_URL_EXPIRY)
         size = media_size(room, i, self.config.media_bytes, r) + self.config.file_size_skew
         failed = recording_failed(r, self.config.failed_recordings)
-        return recording(
-            room, k, i, ts, r, rec_id=rec_id, size=size, signed_url=url, failed=failed
-        )
+        return recording(room, k, i, ts, r, rec_id=rec_id, size=size, signed_url=url, failed=failed)
 
     def _query(
         self,
