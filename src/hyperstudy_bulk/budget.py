@@ -68,9 +68,10 @@ class SlidingWindow:
         returns += [self.period] * max(0, self.limit - free - len(returns))
         return WindowState(self.limit, self.period, free, returns)
 
-    @property
-    def exhausted(self) -> bool:
-        return self._permits.locked()
+    def holds(self, arriving: int = 0) -> bool:
+        """Whether some of the requests waiting here (and `arriving` more) must wait for a
+        permit to come back: a permit just released to a waiter counts as that waiter's."""
+        return self.waiting + arriving > self.limit - self._used
 
 
 @dataclass(frozen=True)
@@ -155,9 +156,8 @@ class Budget:
         self._in_flight = 0
         self._log = log
         self._pause_reason = "a rate-limit pause"
-        self._pauses_logged = 0
-        self._announced = False
-        """The last pause logged still holds every request it met."""
+        self._logged_until = 0.0
+        """Loop time at which the last pause logged ends: until then it is not logged again."""
         self.counters = BudgetCounters()
 
     def _window(self, endpoint: str) -> SlidingWindow:
@@ -170,7 +170,7 @@ class Budget:
     async def slot(self, endpoint: str) -> AsyncIterator[None]:
         """Wait until one request to `endpoint` may be sent; hold its permits while it runs."""
         window = self._window(endpoint)
-        held = self._announce(endpoint)
+        self._announce(self._holding(endpoint))
         await self._gate.wait()
         await window.acquire()
         try:
@@ -184,8 +184,8 @@ class Budget:
             window.release_now()
             self._key.release_now()
             raise
-        if held == self._pauses_logged:
-            self._announced = False  # that pause is over: the next one gets a line of its own
+        # Taking the last permit while others wait starts a pause too.
+        self._announce(self._holding(None))
         self._in_flight += 1
         try:
             yield
@@ -206,7 +206,7 @@ class Budget:
             if endpoint in (None, name)
         ]
         for reason, window in windows:
-            if window.exhausted and (endpoint is not None or window.waiting):
+            if window.holds(arriving=0 if endpoint is None else 1):
                 returns = window.state(now).returns
                 return Wait(reason, returns[0] if returns else window.period)
         return None
@@ -215,17 +215,14 @@ class Budget:
         """Why requests are held right now, if they are (for progress displays)."""
         return self._holding(None)
 
-    def _announce(self, endpoint: str) -> int | None:
-        """Log each pause of at least a second once, when the first request meets it.
-        Returns the number of the logged pause holding this request, if one is."""
-        wait = self._holding(endpoint)
-        if wait is None:
-            return None
-        if wait.seconds >= 1.0 and not self._announced:
-            self._announced = True
-            self._pauses_logged += 1
+    def _announce(self, wait: Wait | None) -> None:
+        """Log a pause of at least a second once, when it begins (a request meets it, or
+        takes the last permit while others wait). Shorter waits, as permits come back one
+        by one, are not worth a line."""
+        now = asyncio.get_running_loop().time()
+        if wait is not None and wait.seconds >= 1.0 and now >= self._logged_until:
+            self._logged_until = now + wait.seconds
             self._log(str(wait))
-        return self._pauses_logged if self._announced else None
 
     def seconds_to_send(self, requests_by_endpoint: Mapping[str, int]) -> float:
         """The least time until all these requests may be sent, given the permits in use now
