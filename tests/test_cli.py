@@ -48,6 +48,9 @@ def test_demo_archives_and_prints_what_it_archived(
     assert "ratings-continuous" in out
     manifests = list((tmp_path / "demo").glob("*/manifest.json"))
     assert len(manifests) == 1
+    report = manifests[0].parent.with_name(f"{manifests[0].parent.name}-report.html")
+    assert out.endswith(f"Report of the archive (open it in a browser): {report}\n")
+    assert report.read_text().startswith("<!DOCTYPE html>")
 
 
 def test_download_complete_exits_0_and_says_where(

@@ -190,7 +190,10 @@ async def _demo(out: Path, progress: str | None) -> int:
             f"Simulated HyperStudy API at {sim.base_url}: archiving experiment "
             f"{sim.experiment_ids[0]} into {out}/"
         )
-        return await download_command(settings, sim.experiment_ids[:1])
+        code = await download_command(settings, sim.experiment_ids[:1])
+    report = cli_analysis.write_report(out / safe_name(sim.experiment_ids[0]))
+    print(f"Report of the archive (open it in a browser): {report}")
+    return code
 
 
 async def _interruptible(work: Coroutine[object, object, int]) -> int:

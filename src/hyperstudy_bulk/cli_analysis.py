@@ -13,7 +13,7 @@ from typing import Any
 from hyperstudy_bulk.archive import ArchiveError, IncompleteDataError
 from hyperstudy_bulk.exits import EXIT_INCOMPLETE, EXIT_OK, EXIT_STORAGE, EXIT_USAGE, say
 
-COMMANDS = frozenset({"export"})
+COMMANDS = frozenset({"export", "report"})
 
 
 def add_commands(commands: Any) -> None:
@@ -38,9 +38,23 @@ def add_commands(commands: Any) -> None:
         help="export what an incomplete data type holds instead of refusing",
     )
 
+    report = commands.add_parser(
+        "report", help="write a self-contained HTML page to judge an archive by"
+    )
+    report.add_argument("archive", type=Path, metavar="DIR/EXPERIMENT_ID")
+    report.add_argument(
+        "--to",
+        type=Path,
+        metavar="FILE",
+        help="where to write (default: DIR/EXPERIMENT_ID-report.html, beside the archive)",
+    )
+
 
 def run(args: argparse.Namespace) -> int:
     try:
+        if args.command == "report":
+            print(f"report written to {write_report(args.archive, args.to)}")
+            return EXIT_OK
         return _export(args)
     except IncompleteDataError as error:
         say(str(error))
@@ -51,6 +65,12 @@ def run(args: argparse.Namespace) -> int:
     except OSError as error:
         say(f"cannot write {error.filename or 'the output'}: {error.strerror or error}")
         return EXIT_STORAGE
+
+
+def write_report(archive: Path, to: Path | None = None) -> Path:
+    from hyperstudy_bulk.analysis.report import write_report as write
+
+    return write(archive, to)
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -57,17 +57,17 @@ def iter_records(
     wanted = [s for s in streams if keep.may_hold(s)]
     if all(s.scope == Scope.EXPERIMENT for s in wanted):
         for stream in wanted:
-            for batch in _stream_batches(archive, stream):
+            for batch in stream_batches(archive, stream):
                 kept = keep.records(batch, stream)
                 if kept:
                     yield kept
         return
     yield from _merged(
-        [keep.records_of(_stream_records(archive, stream), stream) for stream in wanted]
+        [keep.records_of(stream_records(archive, stream), stream) for stream in wanted]
     )
 
 
-def _stream_batches(archive: Archive, stream: StreamEntry) -> Iterator[list[Record]]:
+def stream_batches(archive: Archive, stream: StreamEntry) -> Iterator[list[Record]]:
     for listed in archive.files(stream):
         for lines in read_lines(listed.path):
             # One decode of a JSON array costs far less than one call per line.
@@ -75,8 +75,8 @@ def _stream_batches(archive: Archive, stream: StreamEntry) -> Iterator[list[Reco
             yield decoded
 
 
-def _stream_records(archive: Archive, stream: StreamEntry) -> Iterator[Record]:
-    for batch in _stream_batches(archive, stream):
+def stream_records(archive: Archive, stream: StreamEntry) -> Iterator[Record]:
+    for batch in stream_batches(archive, stream):
         yield from batch
 
 
@@ -101,22 +101,52 @@ def _merged(streams: list[Iterator[Record]], batch_rows: int = 50_000) -> Iterat
         yield batch
 
 
-class _Filter:
-    """Keeps the records of the selected rooms and participants. A record without a room id
-    (sparse ratings carry none) takes its stream's room, else its participant's room from the
+class Attribution:
+    """Which room and participant a record belongs to. A record without a room id (sparse
+    ratings carry none) takes its stream's room, else its participant's room from the
     archive's participants listing."""
 
-    def __init__(self, archive: Archive, data_type: DataType, selection: Selection) -> None:
+    def __init__(self, archive: Archive, data_type: DataType) -> None:
         self.archive = archive
-        self.selection = selection
         self.room_field = "id" if data_type == ROOMS else "roomId"
         self.participant_field = {PARTICIPANTS: "id", CHAT: "senderId"}.get(
             data_type, "participantId"
         )
         self._rooms_of: dict[str, str] | None = None
 
+    def participant(self, record: Record) -> Any:
+        return record.get(self.participant_field)
+
+    def room(self, record: Record, stream: StreamEntry) -> Any:
+        room = record.get(self.room_field)
+        if room is not None:
+            return room
+        room = stream_room(stream)
+        if room is not None:
+            return room
+        participant = self.participant(record)
+        return self._participant_rooms().get(participant) if isinstance(participant, str) else None
+
+    def _participant_rooms(self) -> dict[str, str]:
+        if self._rooms_of is None:
+            self._rooms_of = {}
+            if PARTICIPANTS.folder in self.archive.manifest.data_types:
+                for stream in self.archive.streams(PARTICIPANTS):
+                    for row in stream_records(self.archive, stream):
+                        if isinstance(row.get("id"), str) and isinstance(row.get("roomId"), str):
+                            self._rooms_of.setdefault(row["id"], row["roomId"])
+        return self._rooms_of
+
+
+class _Filter:
+    """Keeps the records of the selected rooms and participants."""
+
+    def __init__(self, archive: Archive, data_type: DataType, selection: Selection) -> None:
+        self.selection = selection
+        self.attribution = Attribution(archive, data_type)
+
     def may_hold(self, stream: StreamEntry) -> bool:
-        room = _stream_room(stream)
+        room = stream_room(stream)
         rooms = self.selection.rooms
         return rooms is None or room is None or room in rooms
 
@@ -132,33 +162,13 @@ class _Filter:
 
     def _keeps(self, record: Record, stream: StreamEntry) -> bool:
         participants = self.selection.participants
-        if participants is not None and record.get(self.participant_field) not in participants:
+        if participants is not None and self.attribution.participant(record) not in participants:
             return False
         rooms = self.selection.rooms
-        return rooms is None or self._room(record, stream) in rooms
-
-    def _room(self, record: Record, stream: StreamEntry) -> Any:
-        room = record.get(self.room_field)
-        if room is not None:
-            return room
-        room = _stream_room(stream)
-        if room is not None:
-            return room
-        participant = record.get(self.participant_field)
-        return self._participant_rooms().get(participant) if isinstance(participant, str) else None
-
-    def _participant_rooms(self) -> dict[str, str]:
-        if self._rooms_of is None:
-            self._rooms_of = {}
-            if PARTICIPANTS.folder in self.archive.manifest.data_types:
-                for stream in self.archive.streams(PARTICIPANTS):
-                    for row in _stream_records(self.archive, stream):
-                        if isinstance(row.get("id"), str) and isinstance(row.get("roomId"), str):
-                            self._rooms_of.setdefault(row["id"], row["roomId"])
-        return self._rooms_of
+        return rooms is None or self.attribution.room(record, stream) in rooms
 
 
-def _stream_room(stream: StreamEntry) -> str | None:
+def stream_room(stream: StreamEntry) -> str | None:
     if stream.room_id is not None:
         return stream.room_id
     return stream.scope_id if stream.scope == Scope.ROOM else None
