@@ -20,7 +20,7 @@ import asyncio
 import dataclasses
 import functools
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -116,6 +116,12 @@ class SegmentRunner:
     _wrote: bool = False
     _fetching: int = 0
     """Segments fetching pages right now: they share the `concurrency` requests in flight."""
+    _unwritten: asyncio.Semaphore = field(init=False)
+    """A slot per page fetched but not yet on disk, shared by every segment: `concurrency`
+    slots, so a slow disk holds that many pages in memory in all, not that many per stream."""
+
+    def __post_init__(self) -> None:
+        self._unwritten = asyncio.Semaphore(max(1, self.settings.concurrency))
 
     def _fair_share(self) -> int:
         """Pages one segment may have in flight: an equal share of `concurrency`, at least one.
@@ -288,7 +294,7 @@ class SegmentRunner:
             figures.requests += progress.requests - counted_requests
             counted_requests = progress.requests
 
-        writer = _GroupWriter(sink, self.folder, capacity=self.settings.concurrency)
+        writer = _GroupWriter(sink, self.folder, slots=self._unwritten)
         previous: set[Any] = set(checkpoint.recent_ids)
 
         async def accept(chunk: Chunk) -> None:
@@ -361,15 +367,15 @@ class SegmentRunner:
 class _GroupWriter:
     """Appends a segment's pages in the background, fsyncing before each checkpoint. Pages that
     arrive while a write is under way go out together with one fsync and one checkpoint (group
-    commit), so durability per page does not cost an fsync per page. At most `capacity` pages
-    wait; `put` blocks beyond that, which slows the fetching down to the disk's pace."""
+    commit), so durability per page does not cost an fsync per page. Each page waiting or being
+    written holds one of `slots` (shared by all the archive's writers) until it is on disk or
+    dropped; `put` waits for a slot, which slows the fetching down to the disk's pace."""
 
-    def __init__(self, sink: StreamSink, folder: Path, *, capacity: int) -> None:
+    def __init__(self, sink: StreamSink, folder: Path, *, slots: asyncio.Semaphore) -> None:
         self._sink = sink
         self._folder = folder
-        self._queue: asyncio.Queue[tuple[bytes, int, Checkpoint] | None] = asyncio.Queue(
-            max(1, capacity)
-        )
+        self._slots = slots
+        self._queue: asyncio.Queue[tuple[bytes, int, Checkpoint] | None] = asyncio.Queue()
         self._task = asyncio.ensure_future(self._run())
 
     async def put(self, data: bytes, records: int, state: Checkpoint) -> None:
@@ -378,18 +384,23 @@ class _GroupWriter:
             self._task.result()
             raise RuntimeError("the writer has stopped")
         snapshot = dataclasses.replace(state, warnings=list(state.warnings))
-        await self._queue.put((data, records, snapshot))
+        await self._slots.acquire()
+        self._queue.put_nowait((data, records, snapshot))
 
     async def close(self) -> None:
         """Write what is queued and stop; raises what the writing raised."""
-        await self._queue.put(None)
+        self._queue.put_nowait(None)
         await self._task
 
     async def stop(self) -> None:
-        """Stop without waiting for queued pages (they were never checkpointed)."""
+        """Stop without waiting for queued pages (they were never checkpointed); their slots
+        go back."""
         if not self._task.done():
             self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
+        while not self._queue.empty():
+            if self._queue.get_nowait() is not None:
+                self._slots.release()
 
     async def _run(self) -> None:
         while True:
@@ -397,8 +408,12 @@ class _GroupWriter:
             while batch[-1] is not None and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             pages = [item for item in batch if item is not None]
-            if pages:
-                await uninterrupted(functools.partial(self._persist, pages))
+            try:
+                if pages:
+                    await uninterrupted(functools.partial(self._persist, pages))
+            finally:
+                for _ in pages:
+                    self._slots.release()
             if batch[-1] is None:
                 return
 
