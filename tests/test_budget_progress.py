@@ -130,3 +130,18 @@ async def test_a_server_pause_says_what_the_server_asked(paused_by: str) -> None
     monitor = Monitor(budget=budget)
     line = LogRenderer(monitor, io.StringIO()).line()
     assert f"waiting for {reason}: next request in 0:30" in line
+
+
+async def test_the_media_eta_counts_the_signed_urls_left_to_mint_against_the_budget() -> None:
+    budget = Budget(per_hour=2, per_minute_per_endpoint=100, time_scale=3600 / 100)
+    for _ in range(2):
+        async with budget.slot("data/recordings/download"):
+            pass
+    monitor = Monitor(budget=budget)
+    monitor.media.mint_endpoint = "data/recordings/download"
+    monitor.media.mints_left = 4  # 2 when the permits come back in 100 s, 2 an hour later
+    eta = monitor.media_eta_seconds()
+    assert eta is not None
+    assert 199 < eta <= 200
+    monitor.media.mints_left = 0
+    assert monitor.media_eta_seconds() is None

@@ -128,6 +128,8 @@ async def test_the_media_total_is_known_before_the_first_byte(tmp_path: Path) ->
     assert totals == [sum(sizes) + guess * (len(rows) - len(sizes))]
     on_disk = sum(entry.bytes for entry in manifest.media)
     assert monitor.media.expected == monitor.media.bytes == on_disk
+    assert monitor.media.mints_left == 0
+    assert monitor.media.requests == sum(1 for row in rows if row.get("downloadPath"))
     assert abs(totals[0] - on_disk) / on_disk < 0.25
 
 

@@ -181,6 +181,11 @@ def recording_rows(folder: Path, manifest: Manifest) -> Iterator[dict[str, Any]]
 # -- I/O --------------------------------------------------------------------------------------
 
 
+def _minted(job: MediaJob) -> bool:
+    """Whether the file needs a signed URL minted (a request under the budget)."""
+    return job.url is None and job.mint is not None
+
+
 class MediaError(HyperStudyBulkError):
     """A file that cannot be fetched whatever we try (e.g. its size disagrees with fileSize)."""
 
@@ -309,11 +314,20 @@ class MediaFetcher(SessionHolder):
         progress = self._progress
         progress.guessed_size = sum(known) // len(known) if known else 0
         progress.files += len(sizes)
+        progress.mints_left += sum(map(_minted, jobs))
+        progress.mint_endpoint = MINT_ENDPOINT
         progress.expected += sum(known) + progress.guessed_size * (len(sizes) - len(known))
 
     async def fetch(self, job: MediaJob, entry: MediaEntry) -> None:
         """Fetch one file into place and describe it in `entry`. A 401 (the key was refused)
         is raised; every other failure ends only this file and is recorded in `entry`."""
+        try:
+            await self._fetch(job, entry)
+        finally:
+            if _minted(job):
+                self._progress.mints_left -= 1
+
+    async def _fetch(self, job: MediaJob, entry: MediaEntry) -> None:
         progress = self._progress
         final = self._folder / job.path
         if not job.has_file:

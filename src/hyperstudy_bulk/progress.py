@@ -71,6 +71,9 @@ class MediaProgress:
     """Recordings whose row names no file: not counted in `files`."""
     requests: int = 0
     """API requests this run made to mint signed URLs."""
+    mints_left: int = 0
+    """Files still to fetch that need a signed URL minted: requests under the budget."""
+    mint_endpoint: str = ""
     bytes: int = 0
     """Bytes on disk, whole files and parts."""
     expected: int = 0
@@ -148,6 +151,16 @@ class Monitor:
             return (self.expected - self.records) / (self.records / elapsed)
         return None
 
+    def media_eta_seconds(self) -> float | None:
+        """Seconds left for the media files: the transfers at their rate so far, or, when
+        longer, the time the budget needs for the signed URLs still to mint."""
+        media, budget = self.media, self.budget
+        transfers = media.eta_seconds()
+        if budget is None or media.mints_left <= 0:
+            return transfers
+        held = budget.seconds_to_send({media.mint_endpoint: media.mints_left})
+        return max(held, transfers or 0.0) if held > 0 else transfers
+
     def waiting(self) -> Wait | None:
         """Why requests are held right now, if they are."""
         return self.budget.waiting() if self.budget is not None else None
@@ -218,7 +231,7 @@ class LogRenderer(Renderer):
             line += (
                 f"; media {media.files_done}/{media.files} files, "
                 f"{media.bytes / 1e6:,.1f}/{media.expected / 1e6:,.1f} MB, "
-                f"{media.rate() / 1e6:.1f} MB/s, ETA {_duration(media.eta_seconds())}"
+                f"{media.rate() / 1e6:.1f} MB/s, ETA {_duration(m.media_eta_seconds())}"
             )
         return line
 
@@ -299,7 +312,7 @@ class BarRenderer(Renderer):
                 self._tasks["media"],
                 completed=media.bytes,
                 total=max(media.expected, media.bytes) or None,
-                eta=f"ETA {_duration(media.eta_seconds())}"
+                eta=f"ETA {_duration(monitor.media_eta_seconds())}"
                 if media.bytes < media.expected
                 else "done",
             )
