@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 
 from hyperstudy_bulk.config import Settings, load_settings
 from hyperstudy_bulk.manifest import Manifest, load_manifest
+from hyperstudy_bulk.progress import MediaProgress, Monitor
 from hyperstudy_bulk.simulator import DATA_TYPES, SimulatorConfig, serve
 from hyperstudy_bulk.simulator.server import SimulatorHandle
 from hyperstudy_bulk.sinks import safe_name
@@ -89,3 +91,22 @@ def expected_type(sim: SimulatorHandle, path: str, experiment_id: str) -> list[d
 
 def manifest_of(out: Path, experiment_id: str) -> Manifest:
     return load_manifest(archive_folder(out, experiment_id))
+
+
+async def cancel_at_first_media_bytes(work: Callable[[Monitor], Awaitable[object]]) -> None:
+    """Run `work` with a monitor that cancels it as soon as media bytes arrive (a Ctrl-C
+    in the middle of a file), and check that it was cancelled."""
+    task: asyncio.Task[object] | None = None
+
+    class CancelOnFirstBytes(MediaProgress):
+        def __setattr__(self, name: str, value: Any) -> None:
+            super().__setattr__(name, value)
+            if name == "received" and value > 0 and task is not None:
+                task.cancel()
+
+    async def run() -> object:
+        return await work(Monitor(media=CancelOnFirstBytes()))
+
+    task = asyncio.create_task(run())
+    with pytest.raises(asyncio.CancelledError):
+        await task

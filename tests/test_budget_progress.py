@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 from conftest import settings_for
+from rich.console import Console
 
 from hyperstudy_bulk.api import Downloader
 from hyperstudy_bulk.budget import Budget, Wait, WindowState
-from hyperstudy_bulk.progress import LogRenderer, Monitor
+from hyperstudy_bulk.progress import BarRenderer, LogRenderer, Monitor
 from hyperstudy_bulk.simulator import SimulatorConfig, serve
 
 SCALE = 1200.0
@@ -145,3 +146,16 @@ async def test_the_media_eta_counts_the_signed_urls_left_to_mint_against_the_bud
     assert 199 < eta <= 200
     monitor.media.mints_left = 0
     assert monitor.media_eta_seconds() is None
+
+
+async def test_the_bars_say_why_the_run_waits() -> None:
+    budget = Budget(per_hour=100, per_minute_per_endpoint=100)
+    budget.rate_limited(90)
+    monitor = Monitor(budget=budget)
+    monitor.of("events").streams = 1
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=80, color_system=None)
+    BarRenderer(monitor, console).final()
+    assert "waiting for the server's Retry-After (HTTP 429): next request in 1:30" in (
+        screen.getvalue()
+    )

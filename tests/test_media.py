@@ -3,7 +3,6 @@ a signed URL expires, verified; the API key never reaches the media host."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +10,13 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import archive_folder, cli_options, manifest_of, settings_for
+from conftest import (
+    archive_folder,
+    cancel_at_first_media_bytes,
+    cli_options,
+    manifest_of,
+    settings_for,
+)
 
 from hyperstudy_bulk.api import Downloader
 from hyperstudy_bulk.cli import main
@@ -151,18 +156,9 @@ async def test_every_file_arrives_identical_and_the_key_never_reaches_the_media_
 async def test_a_killed_download_resumes_its_part_with_range(
     media_sim: SimulatorHandle, tmp_path: Path
 ) -> None:
-    task: asyncio.Task[Any] | None = None
-
-    class CancelOnFirstBytes(MediaProgress):
-        def __setattr__(self, name: str, value: Any) -> None:
-            super().__setattr__(name, value)
-            if name == "received" and value > 0 and task is not None:
-                task.cancel()
-
-    monitor = Monitor(media=CancelOnFirstBytes())
-    task = asyncio.create_task(archive(media_sim, tmp_path, monitor, media_concurrency=2))
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await cancel_at_first_media_bytes(
+        lambda monitor: archive(media_sim, tmp_path, monitor, media_concurrency=2)
+    )
     folder = archive_folder(tmp_path, media_sim.experiment_ids[0])
     assert [p for p in folder.rglob("*.part") if p.stat().st_size > 0]
     assert served(media_sim, MEDIA_ROUTE, "206") == 0

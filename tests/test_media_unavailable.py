@@ -3,20 +3,25 @@ and is complete without them; an interrupted media download leaves it incomplete
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from conftest import archive_folder, cli_options, manifest_of, settings_for
+from conftest import (
+    archive_folder,
+    cancel_at_first_media_bytes,
+    cli_options,
+    manifest_of,
+    settings_for,
+)
 
 from hyperstudy_bulk.api import Downloader
 from hyperstudy_bulk.cli import main
 from hyperstudy_bulk.manifest import MANIFEST_NAME, load_manifest
 from hyperstudy_bulk.media import plan_media
-from hyperstudy_bulk.progress import MediaProgress, Monitor
+from hyperstudy_bulk.progress import Monitor
 from hyperstudy_bulk.simulator import SimulatorConfig, serve, serve_in_thread
 from hyperstudy_bulk.simulator.cli import _parser, to_argv
 from hyperstudy_bulk.simulator.dataset import Dataset
@@ -172,25 +177,14 @@ def test_a_download_path_whose_mint_answers_404_stays_a_failure(
 async def test_ctrl_c_during_media_leaves_the_archive_incomplete_and_verify_says_what_to_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    task: asyncio.Task[Any] | None = None
-
-    class CancelOnFirstBytes(MediaProgress):
-        def __setattr__(self, name: str, value: Any) -> None:
-            super().__setattr__(name, value)
-            if name == "received" and value > 0 and task is not None:
-                task.cancel()
-
     async with serve(FAILING) as sim:
         settings = settings_for(sim, tmp_path, data_types="recordings", media_concurrency=1)
 
-        async def run() -> None:
+        async def run(monitor: Monitor) -> None:
             async with Downloader(settings) as downloader:
                 await downloader.archive(sim.experiment_ids[0], monitor=monitor)
 
-        monitor = Monitor(media=CancelOnFirstBytes())
-        task = asyncio.create_task(run())
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await cancel_at_first_media_bytes(run)
         experiment = sim.experiment_ids[0]
     folder = archive_folder(tmp_path, experiment)
     manifest = load_manifest(folder)
