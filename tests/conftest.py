@@ -19,6 +19,16 @@ from hyperstudy_bulk.simulator.server import SimulatorHandle
 from hyperstudy_bulk.sinks import safe_name
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--crash-seeds",
+        type=int,
+        default=2,
+        help="seeds of the randomised crash test (test_crash_random.py); its slow mode: 300",
+    )
+    parser.addoption("--crash-seed-start", type=int, default=0, help="its first seed")
+
+
 @pytest.fixture(autouse=True)
 def _isolated_from_the_runner(
     monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
