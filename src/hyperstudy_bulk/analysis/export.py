@@ -35,7 +35,7 @@ from hyperstudy_bulk.datatypes import DataType
 
 FORMATS = ("parquet", "csv")
 JSON_COLUMNS_KEY = b"hyperstudy_bulk.json_columns"
-BATCH_ROWS = 50_000
+BATCH_ROWS = 25_000
 PARQUET_INSTALL = "pip install 'hyperstudy-bulk[parquet]'"
 
 
