@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -149,10 +150,7 @@ def test_incomplete_data_and_bad_destinations_are_one_line_errors(
     assert main(["export", str(archive), "--data-types", "gaze", "--to", str(tmp_path)]) == 2
     assert "holds no data type 'gaze'" in capsys.readouterr().err
     copy = tmp_path / "copy"
-    for path in archive.rglob("*"):
-        if path.is_file():
-            (copy / path.relative_to(archive)).parent.mkdir(parents=True, exist_ok=True)
-            (copy / path.relative_to(archive)).write_bytes(path.read_bytes())
+    shutil.copytree(archive, copy)
     manifest = load_manifest(copy)
     manifest.streams[0].status = "incomplete"
     manifest.save(copy)

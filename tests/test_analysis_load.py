@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import warnings
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -149,11 +150,7 @@ def test_columns_rooms_and_participants_select(
 def test_incomplete_stream_raises_unless_asked(archives: dict[str, Path], tmp_path: Path) -> None:
     folder = tmp_path / "copy"
     source = archives["experiment"]
-    for path in source.rglob("*"):
-        if path.is_file():
-            target = folder / path.relative_to(source)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(path.read_bytes())
+    shutil.copytree(source, folder)
     manifest = load_manifest(folder)
     stream = next(s for s in manifest.streams if s.data_type == "chat")
     stream.status, stream.error = "incomplete", "HTTP 503 after 8 attempts"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -128,10 +129,7 @@ def test_report_of_an_incomplete_archive_says_so(
     archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     copy = tmp_path / "copy"
-    for path in archive.rglob("*"):
-        if path.is_file():
-            (copy / path.relative_to(archive)).parent.mkdir(parents=True, exist_ok=True)
-            (copy / path.relative_to(archive)).write_bytes(path.read_bytes())
+    shutil.copytree(archive, copy)
     manifest = load_manifest(copy)
     manifest.complete = False
     manifest.streams[0].status = "incomplete"

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,8 +28,7 @@ from typing import Any
 import orjson
 import pandas as pd
 
-from hyperstudy_bulk.analysis.frames import flatten, flatten_targets, sdk_frame
-from hyperstudy_bulk.analysis.records import Record, iter_records
+from hyperstudy_bulk.analysis.frames import iter_frames
 from hyperstudy_bulk.archive import Archive, ArchiveError
 from hyperstudy_bulk.datatypes import DataType
 
@@ -104,23 +103,6 @@ def export_archive(
     return written
 
 
-def _frames(
-    archive: Archive, kind: DataType, batch_rows: int, allow_incomplete: bool
-) -> Iterator[pd.DataFrame]:
-    """The data type as `load()` frames of at most `batch_rows` rows."""
-    targets: tuple[str, ...] | None = None
-    pending: list[Record] = []
-    for batch in iter_records(archive, kind, allow_incomplete=allow_incomplete):
-        if targets is None:
-            targets = flatten_targets(batch[0])
-        pending.extend(flatten(batch, targets))
-        while len(pending) >= batch_rows:
-            yield sdk_frame(pending[:batch_rows])
-            del pending[:batch_rows]
-    if pending:
-        yield sdk_frame(pending)
-
-
 @dataclass
 class _Spool:
     """Spooled batches and what is known of their columns so far."""
@@ -148,7 +130,10 @@ def _export_type(
     spool_dir = Path(tempfile.mkdtemp(prefix=f".{kind.folder}.", dir=target.parent))
     try:
         spool = _Spool(spool_dir)
-        for frame in _frames(archive, kind, batch_rows, allow_incomplete):
+        frames = iter_frames(
+            archive.folder, kind.folder, rows=batch_rows, allow_incomplete=allow_incomplete
+        )
+        for frame in frames:
             table, json_columns = _to_arrow(pa, frame)
             path = spool_dir / f"{len(spool.paths):06d}.arrow"
             with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
