@@ -103,7 +103,7 @@ def test_plan_names_files_like_the_sdk_and_safely() -> None:
         "metadata": {"type": "audio"},
     }
     (job,) = plan_media([row])
-    assert job.path == "media/%2E%2E%2Froom/S%C3%B8ren%20K_audio_rec%2F%2E%2E%2F1.webm"
+    assert job.path == "media/%2E%2E%2Froom/Søren K_audio_rec%2F.%2E%2F1.webm"
     assert media_name({"participantId": "p"}, "x") == "p_video_x.mp4"
     assert media_name({"format": "webm", "participantName": "n"}, "x") == "n_video_x.webm"
 

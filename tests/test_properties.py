@@ -3,6 +3,7 @@ planner. (Pagination's properties are in test_pagination.py.)"""
 
 from __future__ import annotations
 
+import unicodedata
 from urllib.parse import unquote
 
 from hypothesis import given, settings
@@ -16,22 +17,43 @@ from hyperstudy_bulk.sinks import MAX_NAME, safe_name
 ids = st.text(min_size=0, max_size=300)
 
 
+UNSAFE_ANYWHERE = set('/\\:*?"<>|')
+
+
 @given(ids)
 def test_a_safe_name_is_one_harmless_path_component(identifier: str) -> None:
     name = safe_name(identifier)
     assert name
-    assert len(name) <= MAX_NAME
-    assert not set(name) & {"/", "\\", "\x00"}
+    assert len(name.encode()) <= MAX_NAME
+    assert not set(name) & UNSAFE_ANYWHERE
     assert not name.startswith(".")
-    assert name.isascii()
+    assert not name.endswith((".", " "))
+    assert ".." not in name
     assert name.isprintable()
+    assert unicodedata.is_normalized("NFC", name)
 
 
 @given(st.text(st.characters(codec=None), max_size=40))
 def test_names_not_cut_short_decode_back_to_their_id(identifier: str) -> None:
     name = safe_name(identifier)
-    if identifier and "~" not in name:  # "~" only marks a long id cut short and hashed
+    if identifier and "~" not in name:  # "~" marks an id cut short or not in NFC, and hashed
         assert unquote(name, errors="surrogatepass") == identifier
+    if (
+        unicodedata.is_normalized("NFC", identifier)
+        and len(identifier.encode("utf-8", "surrogatepass")) * 3 <= MAX_NAME
+    ):
+        assert "~" not in name
+
+
+@given(ids, st.integers(20, 200))
+def test_a_cut_name_keeps_whole_characters_and_ends_in_a_hash(identifier: str, limit: int) -> None:
+    name = safe_name(identifier, limit)
+    whole = unquote(safe_name(identifier, 10**6), errors="surrogatepass")
+    assert len(name.encode()) <= limit
+    if "~" in name:
+        kept, digest = name.rsplit("~", 1)
+        assert len(digest) == 16
+        assert whole.startswith(unquote(kept, errors="surrogatepass"))
 
 
 def test_a_lone_surrogate_in_an_id_is_named_too() -> None:

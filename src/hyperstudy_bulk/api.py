@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Self, TypeVar
 
@@ -86,10 +87,12 @@ class Downloader:
         monitor: Monitor | None = None,
         update: bool = False,
         now: datetime | None = None,
+        folder: Path | None = None,
     ) -> Manifest:
         """Archive one experiment (or resume, or confirm it unchanged); with `update`, add what
         is new since the archive's last snapshot. `now` fixes the snapshot time (default: the
-        clock). See `runner.archive_experiment` for what is raised."""
+        clock); `folder` is the archive's folder when not `out/<experiment>` (one renamed or
+        copied). See `runner.archive_experiment` for what is raised."""
         return await archive_experiment(
             self.api,
             self.settings,
@@ -97,6 +100,7 @@ class Downloader:
             monitor=monitor or self.monitor(),
             update=update,
             now=now,
+            folder=folder,
         )
 
 

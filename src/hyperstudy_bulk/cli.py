@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import gc
 import math
 import signal
@@ -51,8 +50,7 @@ from hyperstudy_bulk.progress import (
     no_file_line,
     summary_table,
 )
-from hyperstudy_bulk.runner import ExperimentNotFound
-from hyperstudy_bulk.sinks import safe_name
+from hyperstudy_bulk.runner import ExperimentNotFound, experiment_folder
 from hyperstudy_bulk.survey import Survey, survey_experiment
 from hyperstudy_bulk.verify import verify_archive
 
@@ -191,7 +189,7 @@ async def _demo(out: Path, progress: str | None) -> int:
             f"{sim.experiment_ids[0]} into {out}/"
         )
         code = await download_command(settings, sim.experiment_ids[:1])
-    report = cli_analysis.write_report(out / safe_name(sim.experiment_ids[0]))
+    report = cli_analysis.write_report(experiment_folder(out, sim.experiment_ids[0]))
     print(f"Report of the archive (open it in a browser): {report}")
     return code
 
@@ -270,9 +268,14 @@ def _refused(error: AuthError) -> int:
 
 
 async def download_command(
-    settings: Settings, experiment_ids: Sequence[str], *, update: bool = False
+    settings: Settings,
+    experiment_ids: Sequence[str],
+    *,
+    update: bool = False,
+    folder: Path | None = None,
 ) -> int:
-    """Archive each experiment in turn; the exit code is the worst outcome."""
+    """Archive each experiment in turn (into `folder` if given: one experiment's archive
+    folder); the exit code is the worst outcome."""
     log = _say if settings.verbose else (lambda message: None)
     worst = EXIT_OK
     out = Console(quiet=settings.quiet)
@@ -281,7 +284,10 @@ async def download_command(
             monitor = downloader.monitor()
             if not settings.quiet:
                 monitor.note = _say
-            code = await _archive_one(downloader, experiment_id, monitor, out, update=update)
+            target = folder or experiment_folder(settings.out, experiment_id)
+            code = await _archive_one(
+                downloader, experiment_id, monitor, out, update=update, folder=target
+            )
             worst = max(worst, code)
             if code in (EXIT_AUTH, EXIT_STORAGE):  # every further experiment would fail alike
                 break
@@ -289,8 +295,8 @@ async def download_command(
 
 
 async def update_command(settings: Settings, folders: Sequence[str]) -> int:
-    """`download --update DIR/EXP ...`: each folder's manifest names its experiment, and its
-    parent is the --out."""
+    """`download --update DIR ...`: each folder's manifest names its experiment, whatever the
+    folder is called (it may have been renamed or copied)."""
     worst = EXIT_OK
     for folder in map(Path, folders):
         try:
@@ -299,8 +305,8 @@ async def update_command(settings: Settings, folders: Sequence[str]) -> int:
             _say(f"{folder} is not an archive (no readable {MANIFEST_NAME}); download it first")
             worst = max(worst, EXIT_USAGE)
             continue
-        moved = dataclasses.replace(settings, out=folder.parent)
-        worst = max(worst, await download_command(moved, [experiment_id], update=True))
+        code = await download_command(settings, [experiment_id], update=True, folder=folder)
+        worst = max(worst, code)
     return worst
 
 
@@ -311,12 +317,14 @@ async def _archive_one(
     out: Console,
     *,
     update: bool,
+    folder: Path,
 ) -> int:
     settings = downloader.settings
     renderer = make_renderer(settings.progress, monitor, quiet=settings.quiet)
     try:
         manifest = await _shown(
-            renderer, downloader.archive(experiment_id, monitor=monitor, update=update)
+            renderer,
+            downloader.archive(experiment_id, monitor=monitor, update=update, folder=folder),
         )
     except (ExperimentNotFound, ConfigError, TlsError) as error:
         _say(str(error))
@@ -330,7 +338,6 @@ async def _archive_one(
         _say(f"{experiment_id}: {error}")
         return EXIT_INCOMPLETE
     out.print(summary_table(manifest, monitor))
-    folder = settings.out / safe_name(experiment_id)
     media = settings.media or settings.media_only
     return max(_report(manifest, folder, media=media), _report_media(manifest, folder, media))
 

@@ -227,11 +227,24 @@ def load_manifest(folder: Path) -> Manifest:
     return Manifest(**document, streams=streams, media=media)
 
 
+def _umask() -> int:
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+FILE_MODE = 0o666 & ~_umask()
+"""The mode `open()` gives a new file: the manifest and checkpoints get it too, so colleagues
+who can read the data (a shared project folder) can read and verify the whole archive. Read
+once, at import, while no other thread creates files."""
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Replace `path` with `data` so that a crash leaves either the old or the new file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(handle, FILE_MODE)
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
             stream.flush()

@@ -50,8 +50,9 @@ MINT_ROUTE = ("data", "recordings", "download")
 CHUNK = 256 * 1024
 REFUSED = frozenset({400, 401, 403, 410})
 """What a storage host answers to an expired or otherwise unusable signature."""
-_NAME_PART = 40
-"""Longest participant name or type kept in a file name (the recording id is kept whole)."""
+_NAME_BYTES = {"who": 60, "kind": 20, "format": 12}
+"""Bytes each part of a file name may take besides the recording id (itself at most MAX_NAME):
+with the separators, a case hash and `.part`, a name stays within 255 bytes."""
 
 
 # -- planning (pure) ----------------------------------------------------------------------------
@@ -117,8 +118,8 @@ def media_name(row: Mapping[str, Any], recording_id: str) -> str:
     fmt = _text(row.get("format")) or ("webm" if kind == "audio" else "mp4")
     who = _text(row.get("participantName")) or _text(row.get("participantId")) or "unknown"
     return (
-        f"{safe_name(who)[:_NAME_PART]}_{safe_name(kind)[:_NAME_PART]}_"
-        f"{safe_name(recording_id)}.{safe_name(fmt)[:_NAME_PART]}"
+        f"{safe_name(who, _NAME_BYTES['who'])}_{safe_name(kind, _NAME_BYTES['kind'])}_"
+        f"{safe_name(recording_id)}.{safe_name(fmt, _NAME_BYTES['format'])}"
     )
 
 
@@ -498,16 +499,17 @@ class MediaFetcher(SessionHolder):
 def media_entries(
     manifest: Manifest, jobs: Iterable[MediaJob]
 ) -> list[tuple[MediaJob, MediaEntry]]:
-    """Each job with its manifest entry, adding entries for recordings new to the manifest."""
+    """Each job with its manifest entry, adding entries for recordings new to the manifest.
+    A recording the manifest knows keeps its path."""
     known = {(entry.room_id, entry.recording_id): entry for entry in manifest.media}
     paired: list[tuple[MediaJob, MediaEntry]] = []
     for job in jobs:
         entry = known.get((job.room_id, job.recording_id))
-        if entry is None or entry.path != job.path:
-            if entry is not None:
-                manifest.media.remove(entry)
+        if entry is None:
             entry = MediaEntry(job.recording_id, job.room_id, job.path, job.file_size)
             manifest.media.append(entry)
+        else:  # the file keeps its name, even one an earlier version or a renamed row gave it
+            job = replace(job, path=entry.path)
         entry.file_size = job.file_size
         paired.append((job, entry))
     return paired

@@ -25,8 +25,8 @@ import contextlib
 import os
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -54,7 +54,7 @@ from hyperstudy_bulk.part_files import PartNumbers, sweep
 from hyperstudy_bulk.plan import Room, StreamSpec, choose_granularity, plan_streams
 from hyperstudy_bulk.progress import Monitor
 from hyperstudy_bulk.segments import OnIds, Segment, SegmentRunner, ids_in, summarise
-from hyperstudy_bulk.sinks import safe_name
+from hyperstudy_bulk.sinks import legacy_name, safe_name
 
 T = TypeVar("T")
 ROOMS_LISTING_CAP = 5000
@@ -69,21 +69,52 @@ def iso_utc(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def prepare_folder(out: Path, experiment_id: str) -> Path:
-    """The experiment's folder under `out`, checked before any request is made: `out` must be
-    a folder (created if missing) we can write in. The experiment folder itself is created by
-    the first file written, so a mistyped experiment id leaves nothing behind."""
-    if out.exists() and not out.is_dir():
+def experiment_folder(out: Path, experiment_id: str) -> Path:
+    """The experiment's folder under `out`: named by `safe_name`, or the folder an earlier
+    version named (percent-encoding every non-ASCII letter) when only that one exists."""
+    folder = out / safe_name(experiment_id)
+    legacy = out / legacy_name(experiment_id)
+    return legacy if not folder.exists() and legacy.is_dir() else folder
+
+
+def prepare_folder(folder: Path) -> None:
+    """Check, before any request is made, that the archive's `folder` can be written: its
+    parent (the --out) is created if missing; the folder itself is made by the first file
+    written."""
+    out = folder.parent
+    blocking = next((path for path in (folder, *folder.parents) if path.is_file()), None)
+    if blocking == folder:
+        raise ConfigError(
+            f"{folder} is a file where the archive's folder belongs: move it aside or choose "
+            "another --out"
+        )
+    if blocking == out:
         raise ConfigError(f"--out {out} is a file, not a folder: choose a folder path")
+    if blocking is not None:
+        raise ConfigError(
+            f"--out {out} cannot be created: {blocking} is a file, not a folder; choose a "
+            "folder path"
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ConfigError(f"cannot create --out {out}: {error.strerror}") from None
-    folder = out / safe_name(experiment_id)
     target = folder if folder.exists() else out
     if not os.access(target, os.W_OK | os.X_OK):
         raise ConfigError(f"{target} is not writable: fix its permissions or choose another --out")
-    return folder
+
+
+@contextlib.contextmanager
+def _nothing_left_behind(folder: Path) -> Iterator[None]:
+    """Folders created on the way to `folder` are removed again if the run wrote nothing in
+    them: a mistyped experiment id or a refused key leaves no empty --out behind."""
+    missing = [path for path in (folder, *folder.parents) if not path.exists()]
+    try:
+        yield
+    finally:
+        for path in missing:  # the deepest first; a folder with anything in it stays
+            with contextlib.suppress(OSError):
+                path.rmdir()
 
 
 @dataclass
@@ -115,7 +146,11 @@ class _Run:
         return len(self.manifest.snapshots) - 1
 
     def segment(self, spec: StreamSpec, window: int) -> Segment:
-        """The stream over snapshot window `window`."""
+        """The stream over snapshot window `window`. A stream the manifest knows keeps its
+        files' names, even ones an earlier version gave."""
+        windows = [self.entries.get((spec.key, w)) for w in range(window + 1)]
+        archived = next((e.stem for e in windows if e is not None and e.stem), spec.stem)
+        spec = replace(spec, stem=archived)
         return Segment(
             spec,
             window,
@@ -295,17 +330,32 @@ async def archive_experiment(
     monitor: Monitor,
     now: datetime | None = None,
     update: bool = False,
+    folder: Path | None = None,
 ) -> Manifest:
-    """Archive one experiment into `settings.out/<experiment>`, resume an unfinished archive
-    there, confirm a complete one unchanged, or (`update`) add what is new since its last
-    snapshot. Returns the saved manifest.
+    """Archive one experiment into `folder` (by default `settings.out/<experiment>`), resume an
+    unfinished archive there, confirm a complete one unchanged, or (`update`) add what is new
+    since its last snapshot. Returns the saved manifest.
 
     Raises ExperimentNotFound (before anything is written), ConfigError (output folder, an
     impossible granularity, one unlike the archive's, nothing to update), and what ends every
     stream alike: AuthError for a 401, StorageError (disk full), TlsError. Any other failure
     ends only its stream and is recorded in the manifest.
     """
-    folder = prepare_folder(settings.out, experiment_id)
+    folder = folder or experiment_folder(settings.out, experiment_id)
+    with _nothing_left_behind(folder):
+        prepare_folder(folder)
+        return await _archive_into(api, settings, experiment_id, folder, monitor, now, update)
+
+
+async def _archive_into(
+    api: ApiClient,
+    settings: Settings,
+    experiment_id: str,
+    folder: Path,
+    monitor: Monitor,
+    now: datetime | None,
+    update: bool,
+) -> Manifest:
     if settings.media_only and not (folder / MANIFEST_NAME).exists():
         raise ConfigError(f"--media-only: {folder} holds no archive; download its records first")
     moment = iso_utc(now or datetime.now(UTC))
@@ -526,4 +576,4 @@ def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
-__all__ = ["ExperimentNotFound", "archive_experiment", "prepare_folder"]
+__all__ = ["ExperimentNotFound", "archive_experiment", "experiment_folder", "prepare_folder"]

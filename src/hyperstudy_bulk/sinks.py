@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,20 +24,73 @@ if TYPE_CHECKING:
     from typing_extensions import Buffer
 
 PART_SUFFIX = ".part"
-_PLAIN = re.compile(r"[A-Za-z0-9_-]")
 MAX_NAME = 120
+"""Bytes of UTF-8 a name may take: room for prefixes and suffixes within the 255 bytes that
+common file systems allow, whatever the script."""
+_DIGEST = 16
+_KEPT = frozenset("-_.,()+=@ ")
+"""Punctuation safe on every common file system (`%` and `~` are ours: escape and hash marks)."""
+_NOT_AT_ENDS = frozenset(". ")
+"""A leading dot hides a file; a trailing dot or space is dropped by Windows."""
+_RESERVED = frozenset(
+    {"CON", "PRN", "AUX", "NUL"} | {f"{port}{n}" for port in ("COM", "LPT") for n in range(1, 10)}
+)
+"""Device names Windows will not create as files, with any extension."""
 
 
-def safe_name(identifier: str) -> str:
-    """A file-name component for an untrusted id: reversible, never a path, never hidden.
+def safe_name(identifier: str, max_bytes: int = MAX_NAME) -> str:
+    """A file-name component for an untrusted id: readable, never a path, never hidden.
 
-    Every character outside [A-Za-z0-9_-] becomes %XX escapes of its UTF-8 bytes (so '/',
-    '..', control characters and unicode are harmless and `unquote` reverses it). Names longer
-    than MAX_NAME are cut and given a hash of the whole id, so they stay unique; the manifest
-    maps every file back to its id.
+    The id is put in NFC; letters, marks and digits of every script and the punctuation in
+    `_KEPT` stay as they are; every other character (`/`, `\\`, `:`, `%`, control and format
+    characters, a leading dot, ...) becomes %XX escapes of its UTF-8 bytes, so `unquote` gives
+    the id back. A name longer than `max_bytes` is cut between characters (never inside one
+    or its escape, never before a combining mark) and, like an id that was not in NFC, ends in
+    `~` and a hash of the whole id, so names stay unique; the manifest maps every file back.
     """
+    text = unicodedata.normalize("NFC", identifier)
+    tokens = [
+        _token(char, at_an_end=at in (0, len(text) - 1), after_dot=text[at - 1 : at] == ".")
+        for at, char in enumerate(text)
+    ]
+    if tokens and text.split(".")[0].upper() in _RESERVED:
+        tokens[0] = _escape(text[0])
+    if not tokens:
+        tokens = ["%00empty"]
+    whole = "".join(tokens)
+    if text == identifier and len(_utf8(whole)) <= max_bytes:
+        return whole
+    kept, used = 0, 0
+    room = max_bytes - _DIGEST - 1
+    while kept < len(tokens) and used + len(_utf8(tokens[kept])) <= room:
+        used += len(_utf8(tokens[kept]))
+        kept += 1
+    while 0 < kept < len(text) and unicodedata.category(text[kept]).startswith("M"):
+        kept -= 1
+    digest = hashlib.sha256(_utf8(identifier)).hexdigest()[:_DIGEST]
+    return "".join(tokens[:kept]) + "~" + digest
+
+
+def _token(char: str, *, at_an_end: bool, after_dot: bool) -> str:
+    """`char` as it appears in a name: itself when safe there, else its escapes (a dot after
+    a dot too, so no name holds '..')."""
+    doubled_dot = after_dot and char == "."
+    if char in _KEPT and not (char in _NOT_AT_ENDS and at_an_end) and not doubled_dot:
+        return char
+    if char.isascii():
+        return char if char.isalnum() else _escape(char)
+    return char if unicodedata.category(char)[0] in "LMN" else _escape(char)
+
+
+def _escape(char: str) -> str:
+    return "".join(f"%{byte:02X}" for byte in _utf8(char))
+
+
+def legacy_name(identifier: str) -> str:
+    """The name version 0.1.0 gave an id (every character outside [A-Za-z0-9_-]
+    percent-encoded, cut at 120 characters): to find the archive folders it made."""
     encoded = "".join(
-        char if _PLAIN.fullmatch(char) else "".join(f"%{byte:02X}" for byte in _utf8(char))
+        char if char.isascii() and (char.isalnum() or char in "_-") else _escape(char)
         for char in identifier
     )
     if not encoded:

@@ -1,20 +1,22 @@
 """`hyperstudy-bulk verify`: does the archive on disk still say what its manifest says?
 
-Re-hashes every file listed, counts its records (every line must be a JSON object), looks
-for NDJSON files the manifest does not list, and re-hashes every media file (a media file the
-run could not fetch is a problem too). Knows nothing of HTTP.
+Re-hashes every file listed, counts its records (every line must be a JSON object), re-hashes
+every media file (a media file the run could not fetch is a problem too), and lists every file
+the manifest does not know. Knows nothing of HTTP.
 """
 
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
 from hyperstudy_bulk.archive import Archive
-from hyperstudy_bulk.manifest import MANIFEST_NAME, MediaEntry, load_manifest
+from hyperstudy_bulk.manifest import MANIFEST_NAME, Manifest, MediaEntry, load_manifest
+from hyperstudy_bulk.sinks import PART_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -79,14 +81,14 @@ def verify_archive(folder: Path) -> Report:
                 problems.append(
                     Problem(entry.path, stream.key, f"line {bad_line} is not a JSON object")
                 )
-    for path in sorted(folder.rglob("*.ndjson")):
-        relative = str(path.relative_to(folder))
-        if relative not in listed:
-            problems.append(Problem(relative, "-", "not listed in the manifest"))
     for media in manifest.media:
         if media.status != "unavailable":  # the recording has no file: nothing to check
             files += 1
             problems.extend(_check_media(folder, media))
+    problems.extend(
+        Problem(stray, "-", "not listed in the manifest")
+        for stray in _strays(folder, manifest, listed)
+    )
     return Report(
         files,
         records,
@@ -102,6 +104,26 @@ def _unfinished(error: str | None) -> str:
     if error:
         return f"not fetched: {error}"
     return "not fetched yet: the download stopped before it"
+
+
+def _strays(folder: Path, manifest: Manifest, listed: set[str]) -> list[str]:
+    """Files under `folder` the manifest does not know, of any kind. Hidden files are not
+    counted: the tool's own state (.state/, its lock) and what file systems and desktops
+    leave behind (.nfs*, .DS_Store); nor are the parts of unfinished streams and media files.
+    Names are compared in NFC, as a file system that normalises them (macOS) lists them."""
+    known = {MANIFEST_NAME, *listed}
+    known.update(stream.open_part for stream in manifest.streams if stream.open_part)
+    known.update(media.path for media in manifest.media)
+    known.update(media.path + PART_SUFFIX for media in manifest.media if media.status != "complete")
+    known = {unicodedata.normalize("NFC", path) for path in known}
+    strays = []
+    for path in folder.rglob("*"):
+        relative = path.relative_to(folder)
+        if any(part.startswith(".") for part in relative.parts) or path.is_dir():
+            continue
+        if unicodedata.normalize("NFC", relative.as_posix()) not in known:
+            strays.append(relative.as_posix())
+    return sorted(strays)
 
 
 def _check_media(folder: Path, entry: MediaEntry) -> list[Problem]:
