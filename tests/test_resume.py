@@ -27,7 +27,7 @@ from hyperstudy_bulk.api import Downloader
 from hyperstudy_bulk.cli import main
 from hyperstudy_bulk.datatypes import data_type_named
 from hyperstudy_bulk.manifest import STATE_DIR
-from hyperstudy_bulk.simulator import SimulatorConfig, serve, serve_in_thread
+from hyperstudy_bulk.simulator import FaultSpec, SimulatorConfig, serve, serve_in_thread
 from hyperstudy_bulk.simulator.server import SimulatorHandle
 
 CONFIG = SimulatorConfig(seed=41, rooms=3, participants=2, records=300, latency_ms=8)
@@ -128,6 +128,10 @@ def test_a_stop_signal_ends_within_seconds_and_the_same_command_resumes(
     state = folder / STATE_DIR
     while not (state.is_dir() and any(state.iterdir())):
         assert process.poll() is None, "the download finished before it could be stopped"
+    # Every further API request now stalls, so the run is still going when the signal lands,
+    # however loaded the machine (it used to finish first now and then).
+    sim.set_faults(FaultSpec.parse("slow=1,slow-s=60"))
+    assert process.poll() is None, "the download finished before it could be stopped"
     process.send_signal(signum)
     _, err = process.communicate(timeout=10)
     assert process.returncode == code
@@ -136,6 +140,7 @@ def test_a_stop_signal_ends_within_seconds_and_the_same_command_resumes(
     assert "Traceback" not in err
     manifest = manifest_of(out, sim.experiment_ids[0])
     assert not manifest.complete
+    sim.set_faults(FaultSpec.none())
     assert subprocess.run(_command(sim, out), env=_env(sim), timeout=120).returncode == 0
     assert_exact(sim, folder)
 

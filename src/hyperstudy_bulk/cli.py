@@ -25,7 +25,15 @@ from rich.table import Table
 from hyperstudy_bulk import cli_analysis
 from hyperstudy_bulk._version import __version__
 from hyperstudy_bulk.api import Downloader
-from hyperstudy_bulk.config import OPTIONS, Settings, load_settings
+from hyperstudy_bulk.config import (
+    OPTIONS,
+    Option,
+    ProgressMode,
+    Settings,
+    choices_text,
+    load_settings,
+)
+from hyperstudy_bulk.datatypes import ALL_DATA_TYPES
 from hyperstudy_bulk.errors import (
     AuthError,
     ConfigError,
@@ -55,9 +63,12 @@ from hyperstudy_bulk.survey import Survey, survey_experiment
 from hyperstudy_bulk.verify import verify_archive
 
 _FLAGS = {"quiet", "verbose", "allow_insecure_http", "media_only"}
-_NEGATED = {"media"}
-"""Options on by default: their flag is --no-NAME (the environment and config can say true)."""
-_MEDIA_OPTIONS = frozenset({"media", "media_only", "media_concurrency"})
+_SWITCHES = {"media"}
+"""Options on by default: --NAME and --no-NAME (the environment and config can say either)."""
+_PLAN_SKIPS = frozenset(
+    {"out", "part_max_mb", "media_only", "media_concurrency", "progress", "quiet", "verbose"}
+)
+"""What plan has no use for: it writes nothing, shows no progress and logs nothing."""
 _ID_MAX = 512
 T = TypeVar("T")
 
@@ -70,21 +81,42 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_options(parser: argparse.ArgumentParser, *, skip: frozenset[str] = frozenset()) -> None:
-    parser.add_argument("--config", type=Path, help="TOML config file (see config.example.toml)")
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE", help="TOML config file (see config.example.toml)"
+    )
     for option in OPTIONS:
         if option.name in skip:
             continue
-        if option.name in _FLAGS | _NEGATED:
-            negated = option.name in _NEGATED
+        if option.name in _FLAGS:
             parser.add_argument(
-                option.flag.replace("--", "--no-") if negated else option.flag,
+                option.flag, dest=option.name, action="store_const", const="true", help=option.help
+            )
+        elif option.name in _SWITCHES:
+            parser.add_argument(
+                option.flag,
                 dest=option.name,
-                action="store_const",
-                const="false" if negated else "true",
-                help=option.help,
+                action=argparse.BooleanOptionalAction,
+                help=_with_default(option),
             )
         else:
-            parser.add_argument(option.flag, dest=option.name, metavar="VALUE", help=option.help)
+            parser.add_argument(
+                option.flag, dest=option.name, metavar=option.metavar, help=_with_default(option)
+            )
+
+
+def _with_default(option: Option) -> str:
+    """The option's help and its default as --help shows them (argparse's own default is None,
+    so that the environment, .env and config file can fill what a flag does not)."""
+    default = option.default
+    if option.secret:
+        return option.help
+    if isinstance(default, bool):
+        shown = "on" if default else "off"
+    elif isinstance(default, tuple):
+        shown = "all" if default == ALL_DATA_TYPES else ",".join(map(str, default))
+    else:
+        shown = str(default)
+    return f"{option.help} (default: {shown})".replace("%", "%%")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,7 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    download = commands.add_parser("download", help="archive experiments into --out")
+    download = commands.add_parser(
+        "download",
+        help="archive experiments into --out",
+        description="Archive every record of every data type of each experiment, and its "
+        "recordings' media files, into --out/EXPERIMENT_ID; run the same command again to "
+        "resume or to confirm an archive complete.",
+    )
     download.add_argument(
         "experiment_ids",
         nargs="+",
@@ -107,14 +145,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="add what is new since each archive's last snapshot, leaving what is there as is",
     )
     _add_options(download)
-    plan = commands.add_parser("plan", help="show what download would fetch, without fetching")
-    plan.add_argument("experiment_ids", nargs="+", metavar="EXPERIMENT_ID")
-    _add_options(plan, skip=frozenset({"out", "part_max_mb"}) | _MEDIA_OPTIONS)
+    plan = commands.add_parser(
+        "plan",
+        help="show what download would fetch, without fetching",
+        description="Survey each experiment with a few requests and show, per data type, the "
+        "records, streams and requests a download needs, and how long the rate budget makes "
+        "it take. Nothing is written.",
+    )
+    plan.add_argument(
+        "experiment_ids", nargs="+", metavar="EXPERIMENT_ID", help="experiment ids to survey"
+    )
+    _add_options(plan, skip=_PLAN_SKIPS)
     demo = commands.add_parser("demo", help="archive a demo experiment from the built-in simulator")
-    demo.add_argument("--out", default="hyperstudy-demo", help="folder for the demo archive")
-    demo.add_argument("--progress", default=None, help="auto, bar, log or none")
-    verify = commands.add_parser("verify", help="check an archive against its manifest")
-    verify.add_argument("archive", type=Path, metavar="DIR/EXPERIMENT_ID")
+    demo.add_argument(
+        "--out",
+        default="hyperstudy-demo",
+        metavar="DIR",
+        help="folder for the demo archive (default: hyperstudy-demo)",
+    )
+    demo.add_argument(
+        "--progress",
+        default=None,
+        metavar=choices_text(ProgressMode),
+        help="how progress is shown (default: auto)",
+    )
+    verify = commands.add_parser(
+        "verify",
+        help="check an archive against its manifest",
+        description="Re-hash every file of an archive against its manifest, count its records "
+        "and list files the manifest does not know, without any request. Exit code 0 when the "
+        "archive is whole, 1 when it is not.",
+    )
+    verify.add_argument(
+        "archive",
+        type=Path,
+        metavar="DIR/EXPERIMENT_ID",
+        help="an archive folder download wrote (renamed or copied is fine)",
+    )
     cli_analysis.add_commands(commands)
     commands.add_parser(
         "simulate", help="run the API simulator (see simulate --help)", add_help=False

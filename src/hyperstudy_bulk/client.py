@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -180,7 +181,10 @@ class ApiClient(SessionHolder):
                 return decode(body)
             raise self._error(status, headers, body)
 
-        return await call_with_retries(attempt, self._retry, on_retry=self._on_retry)
+        where = path_of(*segments) + (f" offset {query['offset']}" if "offset" in query else "")
+        return await call_with_retries(
+            attempt, self._retry, on_retry=functools.partial(self._on_retry, where)
+        )
 
     async def _fetch(self, url: URL) -> tuple[int, CIMultiDictProxy[str], bytes]:
         assert self._session is not None, "use `async with ApiClient(...)`"
@@ -226,9 +230,10 @@ class ApiClient(SessionHolder):
         reset = _seconds(headers.get("X-RateLimit-Reset"))
         self.budget.observe(None if remaining is None else int(remaining), reset)
 
-    def _on_retry(self, cause: str, wait: float) -> None:
+    def _on_retry(self, where: str, cause: str, wait: float) -> None:
+        """Count a retry and log it with the request's route and offset: which stream it is."""
         self.stats.retries[cause] += 1
-        self._log(f"retrying after {cause} in {wait:.1f} s")
+        self._log(f"{where}: retrying after {cause} in {wait:.1f} s")
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -11,7 +11,7 @@ import enum
 import ipaddress
 import os
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,6 +170,8 @@ class Option:
     name: str
     parse: Callable[[str], Any]
     help: str
+    metavar: str = "VALUE"
+    """What the value is, as --help shows it: N, SECONDS, MIB, the choices, ..."""
     secret: bool = False
 
     @property
@@ -185,50 +187,84 @@ class Option:
         return getattr(Settings(), self.name)
 
 
+def choices_text(kind: type[enum.StrEnum]) -> str:
+    """The choices as --help shows them: {a,b,c}."""
+    return "{" + ",".join(kind) + "}"
+
+
 OPTIONS: tuple[Option, ...] = (
     Option(
         "api_key",
         lambda text: ApiKey(text.strip()),
         "API key (hst_live_... or hst_test_...); prefer the environment or .env",
         secret=True,
+        metavar="KEY",
     ),
-    Option("base_url", _base_url, "API base URL"),
-    Option("out", Path, "folder that receives one sub-folder per experiment"),
-    Option("data_types", _data_types, "comma-separated data types to archive (default: all)"),
+    Option("base_url", _base_url, "API base URL", metavar="URL"),
+    Option("out", Path, "folder that receives one sub-folder per experiment", metavar="DIR"),
+    Option("data_types", _data_types, "comma-separated data types to archive", metavar="TYPES"),
     Option(
         "granularity",
         _choice(Granularity),
         "scope to fetch at: experiment, room, participant, or auto (fewest requests)",
+        metavar=choices_text(Granularity),
     ),
-    Option("concurrency", _whole(1), "HTTP requests in flight at once"),
-    Option("page_size", _whole(1), "records asked for per page (the server may cap it)"),
-    Option("rate_limit_per_hour", _whole(1), "requests per hour allowed for the API key"),
+    Option("concurrency", _whole(1), "HTTP requests in flight at once", metavar="N"),
     Option(
-        "rate_limit_per_minute_per_endpoint", _whole(1), "requests per minute allowed per endpoint"
+        "page_size", _whole(1), "records asked for per page (the server may cap it)", metavar="N"
+    ),
+    Option(
+        "rate_limit_per_hour", _whole(1), "requests per hour allowed for the API key", metavar="N"
+    ),
+    Option(
+        "rate_limit_per_minute_per_endpoint",
+        _whole(1),
+        "requests per minute allowed per endpoint",
+        metavar="N",
     ),
     Option(
         "rate_limit_time_scale",
         _positive_float,
         "divide the rate-limit windows by this (only for a simulator on a scaled clock)",
+        metavar="FACTOR",
     ),
-    Option("timeout", _positive_float, "seconds to wait for a response once connected"),
-    Option("connect_timeout", _positive_float, "seconds to wait for a connection"),
     Option(
-        "max_attempts", _whole(1), "attempts per request before a transient fault ends the stream"
+        "timeout",
+        _positive_float,
+        "seconds to wait for a response once connected",
+        metavar="SECONDS",
+    ),
+    Option(
+        "connect_timeout", _positive_float, "seconds to wait for a connection", metavar="SECONDS"
+    ),
+    Option(
+        "max_attempts",
+        _whole(1),
+        "attempts per request before a transient fault ends the stream",
+        metavar="N",
     ),
     Option(
         "max_retry_seconds",
         _positive_float,
         "seconds one request may spend retrying, waits included",
+        metavar="SECONDS",
     ),
     Option(
         "retry_backoff",
         _positive_float,
         "seconds: the exponential backoff's base (waits are random up to base * 2^attempt)",
+        metavar="SECONDS",
     ),
-    Option("retry_backoff_max", _positive_float, "seconds: the longest backoff between attempts"),
-    Option("part_max_mb", _whole(1), "start a new NDJSON part file after this many MiB"),
-    Option("media", _boolean, "also fetch every recording's video or audio file (--no-media)"),
+    Option(
+        "retry_backoff_max",
+        _positive_float,
+        "seconds: the longest backoff between attempts",
+        metavar="SECONDS",
+    ),
+    Option(
+        "part_max_mb", _whole(1), "start a new NDJSON part file after this many MiB", metavar="MIB"
+    ),
+    Option("media", _boolean, "fetch every recording's video or audio file"),
     Option(
         "media_only",
         _boolean,
@@ -238,11 +274,13 @@ OPTIONS: tuple[Option, ...] = (
         "media_concurrency",
         _whole(1),
         "media files downloaded at once (bandwidth-bound; not counted in the request budget)",
+        metavar="N",
     ),
     Option(
         "progress",
         _choice(ProgressMode),
         "auto (bar on a terminal, log lines otherwise), bar, log, or none",
+        metavar=choices_text(ProgressMode),
     ),
     Option("quiet", _boolean, "print only errors and the final line"),
     Option("verbose", _boolean, "log every retry and rate-limit pause"),
@@ -288,12 +326,18 @@ def read_config_file(path: Path) -> dict[str, object]:
         raise ConfigError(f"config file {path} cannot be read: {error.strerror}") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
-    for key in document:
-        if key not in _BY_NAME:
-            close = difflib.get_close_matches(key, list(_BY_NAME), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"config file {path}: unknown key {key!r}{hint}")
+    _check_names(document, f"config file {path}: unknown key")
     return document
+
+
+def _check_names(names: Iterable[str], unknown: str) -> None:
+    """Raise ConfigError for the first name that is not an option, with the closest one: a
+    misspelt option silently ignored would archive with the wrong settings."""
+    for name in names:
+        if name not in _BY_NAME:
+            close = difflib.get_close_matches(name, list(_BY_NAME), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{unknown} {name!r}{hint}")
 
 
 def load_settings(
@@ -305,9 +349,11 @@ def load_settings(
 ) -> Settings:
     """Resolve every option by precedence: flags > environment > .env > config file > default.
 
-    `flags` holds only the options given on the command line (already strings or values).
-    Raises ConfigError naming the option, where its value came from, and what is allowed.
+    `flags` holds only the options given on the command line or to `download()` (already
+    strings or values). Raises ConfigError naming the option, where its value came from, and
+    what is allowed; an unknown option name is refused with the closest known one.
     """
+    _check_names(flags, "unknown option")
     environ = os.environ if environ is None else environ
     cwd = Path.cwd() if cwd is None else cwd
     dotenv_path = cwd / ".env"
@@ -320,9 +366,12 @@ def load_settings(
     document = read_config_file(config_path) if config_path else {}
 
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for option in OPTIONS:
         if flags.get(option.name) is not None:
-            raw, source = flags[option.name], f"option {option.flag}"
+            raw = flags[option.name]
+            flag = option.flag.replace("--", "--no-", 1) if raw is False else option.flag
+            source = f"option {flag}"
         elif option.env in environ:
             raw, source = environ[option.env], f"environment variable {option.env}"
         elif option.env in dotenv:
@@ -332,7 +381,13 @@ def load_settings(
         else:
             continue
         values[option.name] = _parse(option, raw, source)
+        sources[option.name] = source
     settings = Settings(**values)
+    if settings.media_only and not settings.media:
+        raise ConfigError(
+            f"media_only ({sources['media_only']}) fetches only the media files that media = "
+            f"false ({sources['media']}) turns off: drop one of them"
+        )
     _check_transport(settings)
     return settings
 

@@ -390,7 +390,7 @@ class MediaFetcher(SessionHolder):
                 await call_with_retries(
                     functools.partial(self._transfer, url, job, part),
                     self._retry,
-                    on_retry=self._on_retry,
+                    on_retry=functools.partial(self._on_retry, job.recording_id),
                 )
                 return
             except UrlRefused:
@@ -491,9 +491,9 @@ class MediaFetcher(SessionHolder):
         self._progress.bytes -= part.size
         part.restart()
 
-    def _on_retry(self, cause: str, wait: float) -> None:
+    def _on_retry(self, recording_id: str, cause: str, wait: float) -> None:
         self._api.stats.retries[cause] += 1
-        self._log(f"media: retrying after {cause} in {wait:.1f} s")
+        self._log(f"media {recording_id}: retrying after {cause} in {wait:.1f} s")
 
 
 def media_entries(

@@ -54,30 +54,78 @@ def _faults(text: str) -> FaultSpec:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="hyperstudy-bulk simulate", description="Serve a simulated HyperStudy API v3.")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8765, help="0 picks a free port")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--experiments", type=int, default=1)
-    p.add_argument("--rooms", type=int, default=4, help="rooms per experiment")
-    p.add_argument("--participants", type=int, default=3, help="participants per room")
-    p.add_argument("--records", type=int, default=200, help="mean records per participant per type")
-    p.add_argument("--latency-ms", type=float, default=0.0)
-    p.add_argument("--jitter-ms", type=float, default=0.0)
-    p.add_argument("--rate-limit", type=_rate_limit, default="off", help="production|off|<scale>")
-    p.add_argument("--rate-window", choices=("fixed", "sliding"), default="fixed")
-    p.add_argument(
-        "--faults", type=_faults, default=FaultSpec.none(), help="e.g. 500=0.05,reset=0.01"
+    p = _Parser(
+        prog="hyperstudy-bulk simulate",
+        description="Serve a simulated HyperStudy API v3.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--max-page-size", type=int, default=10_000)
-    p.add_argument("--media-bytes", type=int, default=200_000, help="mean recording size")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8765, metavar="N", help="0 picks a free port")
     p.add_argument(
-        "--media-mbps", type=float, default=0.0, help="per-connection media MB/s (0: unthrottled)"
+        "--seed", type=int, default=0, metavar="N", help="the same seed serves the same data"
+    )
+    p.add_argument("--experiments", type=int, default=1, metavar="N", help="experiments served")
+    p.add_argument("--rooms", type=int, default=4, metavar="N", help="rooms per experiment")
+    p.add_argument("--participants", type=int, default=3, metavar="N", help="participants per room")
+    p.add_argument(
+        "--records",
+        type=int,
+        default=200,
+        metavar="N",
+        help="mean records per participant per type",
+    )
+    p.add_argument(
+        "--latency-ms", type=float, default=0.0, metavar="MS", help="delay before each response"
+    )
+    p.add_argument(
+        "--jitter-ms",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="random extra delay, up to this, added to --latency-ms",
+    )
+    p.add_argument(
+        "--rate-limit",
+        type=_rate_limit,
+        default="off",
+        metavar="{production,off,SCALE}",
+        help="enforce the production limits, none, or production's on a clock SCALE times faster",
+    )
+    p.add_argument(
+        "--rate-window",
+        choices=("fixed", "sliding"),
+        default="fixed",
+        help="how the rate-limit windows move",
+    )
+    p.add_argument(
+        "--faults",
+        type=_faults,
+        default=FaultSpec.none(),
+        metavar="SPEC",
+        help="fault probabilities, e.g. 500=0.05,reset=0.01",
+    )
+    p.add_argument(
+        "--max-page-size",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="records per page at most, whatever limit a client asks for",
+    )
+    p.add_argument(
+        "--media-bytes", type=int, default=200_000, metavar="BYTES", help="mean recording size"
+    )
+    p.add_argument(
+        "--media-mbps",
+        type=float,
+        default=0.0,
+        metavar="MB_PER_S",
+        help="per-connection media MB/s (0: unthrottled)",
     )
     p.add_argument(
         "--failed-recordings",
         type=float,
         default=0.03,
+        metavar="SHARE",
         help="share of recordings whose egress failed (no file), 0 to 1",
     )
     return p
