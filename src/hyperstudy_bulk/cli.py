@@ -3,8 +3,8 @@
 Exit codes: 0 archive complete; 1 finished but incomplete (verify: the archive is not whole);
 2 usage, configuration or input error (an unknown experiment, a TLS certificate that cannot be
 verified); 3 authentication or permission refused (401/403); 4 the archive could not be written
-(disk full, file too large): consistent and resumable; 130 / 143 stopped by SIGINT (Ctrl-C) /
-SIGTERM, consistent and resumable.
+(disk full, file too large): consistent and resumable; 5 another run is writing the same archive
+(nothing touched); 130 / 143 stopped by SIGINT (Ctrl-C) / SIGTERM, consistent and resumable.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from hyperstudy_bulk.config import (
 from hyperstudy_bulk.datatypes import ALL_DATA_TYPES
 from hyperstudy_bulk.errors import (
     AuthError,
+    BusyError,
     ConfigError,
     HyperStudyBulkError,
     StorageError,
@@ -43,6 +44,7 @@ from hyperstudy_bulk.errors import (
 )
 from hyperstudy_bulk.exits import (
     EXIT_AUTH,
+    EXIT_BUSY,
     EXIT_INCOMPLETE,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -401,6 +403,9 @@ async def _archive_one(
     except StorageError as error:
         _say(str(error))
         return EXIT_STORAGE
+    except BusyError as error:
+        _say(str(error))
+        return EXIT_BUSY
     except HyperStudyBulkError as error:
         _say(f"{experiment_id}: {error}")
         return EXIT_INCOMPLETE

@@ -77,6 +77,11 @@ class StorageError(HyperStudyBulkError):
         )
 
 
+class BusyError(HyperStudyBulkError):
+    """Another run (process or thread) is writing the same archive right now (exit code 5).
+    Nothing was read or written: the other run's work is safe."""
+
+
 class TlsError(HyperStudyBulkError):
     """The server's TLS certificate could not be verified. Ends the run: it is the base URL
     (or the network in between) that is wrong, and verification is never switched off."""

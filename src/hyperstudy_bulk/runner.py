@@ -35,6 +35,7 @@ from hyperstudy_bulk.client import ApiClient
 from hyperstudy_bulk.config import Granularity, Settings
 from hyperstudy_bulk.datatypes import PARTICIPANTS, ROOMS, Scope, data_type_named
 from hyperstudy_bulk.errors import ApiError, ConfigError, HyperStudyBulkError, StorageError
+from hyperstudy_bulk.lock import archive_lock
 from hyperstudy_bulk.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -336,7 +337,8 @@ async def archive_experiment(
     unfinished archive there, confirm a complete one unchanged, or (`update`) add what is new
     since its last snapshot. Returns the saved manifest.
 
-    Raises ExperimentNotFound (before anything is written), ConfigError (output folder, an
+    Raises BusyError while another run writes the same archive, ExperimentNotFound (before
+    anything is written), ConfigError (output folder, an
     impossible granularity, one unlike the archive's, nothing to update), and what ends every
     stream alike: AuthError for a 401, StorageError (disk full), TlsError. Any other failure
     ends only its stream and is recorded in the manifest.
@@ -344,7 +346,8 @@ async def archive_experiment(
     folder = folder or experiment_folder(settings.out, experiment_id)
     with _nothing_left_behind(folder):
         prepare_folder(folder)
-        return await _archive_into(api, settings, experiment_id, folder, monitor, now, update)
+        with archive_lock(folder):
+            return await _archive_into(api, settings, experiment_id, folder, monitor, now, update)
 
 
 async def _archive_into(
