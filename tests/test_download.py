@@ -166,6 +166,52 @@ async def test_short_pages_are_repaired_without_losing_or_repeating_records(tmp_
         assert sim.stats()["faults"].get("short-page", 0) > 0
 
 
+@pytest.mark.parametrize("granularity", ["experiment", "room", "participant"])
+async def test_short_pages_complete_at_every_granularity(tmp_path: Path, granularity: str) -> None:
+    """Many streams share the look-ahead: when one finishes or starts, the others' share
+    changes between two pages, and a short page's gap must still be asked for."""
+    config = SimulatorConfig(
+        seed=7, rooms=12, participants=2, records=400, faults=FaultSpec.parse("short-page=0.15")
+    )
+    async with serve(config) as sim:
+        exp = sim.experiment_ids[0]
+        await _archive(
+            sim,
+            tmp_path,
+            page_size=200,
+            granularity=granularity,
+            data_types="eyetracking,events",
+            media=False,
+        )
+        manifest = manifest_of(tmp_path, exp)
+        assert manifest.complete, [s.error for s in manifest.incomplete_streams]
+        folder = archive_folder(tmp_path, exp)
+        for name in ("eyetracking", "events"):
+            assert sorted(map(_key, read_type(folder, name))) == sorted(
+                map(_key, expected_type(sim, name, exp))
+            )
+        assert sim.stats()["faults"].get("short-page", 0) > 0
+
+
+async def test_pages_without_limit_or_next_offset_from_a_capping_server(tmp_path: Path) -> None:
+    """`limit` and `nextOffset` are optional: the next page starts after the records returned,
+    not after the limit asked for (a server capping at 20 while asked for 30 would otherwise
+    lose 10 records a page)."""
+    config = SimulatorConfig(seed=3, rooms=2, records=60, max_page_size=20, bare_pagination=True)
+    async with serve(config) as sim:
+        exp = sim.experiment_ids[0]
+        await _archive(sim, tmp_path, page_size=30, data_types="events,sync")
+        manifest = manifest_of(tmp_path, exp)
+        assert manifest.complete, [s.error for s in manifest.incomplete_streams]
+        folder = archive_folder(tmp_path, exp)
+        for name in ("events", "sync"):
+            total = sim.dataset.total(name, "experiment", exp)
+            assert total > 30
+            assert read_type(folder, name) == expected_type(sim, name, exp)
+            stream = next(s for s in manifest.streams if s.data_type == name)
+            assert stream.requests == math.ceil(total / 20)
+
+
 def test_blocking_download_from_a_script(tmp_path: Path) -> None:
     from hyperstudy_bulk.simulator import serve_in_thread
 

@@ -34,6 +34,15 @@ def test_a_short_page_is_repaired_with_exactly_the_gap() -> None:
     assert requests == [Request(1900, 100), Request(4000, 1000)]
 
 
+def test_the_gap_at_the_frontier_is_asked_for_even_with_no_room_left() -> None:
+    # Four pages were in flight when the page at 100 came back short (50 rows); the stream's
+    # share of look-ahead has since dropped to one page.
+    requests = next_requests(
+        frontier=150, total=1000, stride=100, in_flight={200: 100, 300: 100, 400: 100}, room=-2
+    )
+    assert requests == [Request(150, 50)]
+
+
 def test_nothing_is_asked_past_the_total() -> None:
     assert next_requests(frontier=3000, total=3000, stride=1000, in_flight={}, room=4) == []
 
@@ -80,23 +89,28 @@ def _serve(
     total=st.integers(0, 3000),
     page_size=st.integers(1, 400),
     cap=st.integers(1, 400),
-    look_ahead=st.integers(1, 12),
+    shares=st.lists(st.integers(-2, 12), min_size=1, max_size=20),
     short=st.frozensets(st.integers(0, 3000), max_size=40),
 )
 def test_every_offset_is_written_exactly_once(
     total: int,
     page_size: int,
     cap: int,
-    look_ahead: int,
+    shares: list[int],
     short: frozenset[int],
 ) -> None:
-    """Drive the planner like the pager does against a server that caps and shortens pages."""
+    """Drive the planner like the pager does against a server that caps and shortens pages,
+    while the stream's fair share of look-ahead grows and shrinks (other streams start and
+    finish): the page at the frontier is always in flight when the pager awaits it."""
     end, has_more = _serve(0, page_size, total, cap, short)
     written = list(range(0, end))
     stride = min(page_size, cap)
     in_flight: dict[int, int] = {}
+    pages = 0
     while has_more:
         frontier = end
+        look_ahead = max(1, shares[pages % len(shares)])
+        pages += 1
         for request in next_requests(
             frontier=frontier,
             total=total,

@@ -99,11 +99,16 @@ def decode_page(
 
     total = _count(pagination, "total", required=True)
     offset = _count(pagination, "offset", default=requested_offset)
-    limit = _count(pagination, "limit", default=requested_limit)
     has_more = pagination.get("hasMore")
     if not isinstance(has_more, bool):
         raise ContractError("metadata.pagination.hasMore is missing or not true/false")
-    next_offset = _count(pagination, "nextOffset", default=offset + limit) if has_more else None
+    # Without `limit`, a page with more to come shows the server's effective limit by its
+    # length; without `nextOffset`, the next page starts after the records returned (the
+    # requested limit would skip what a capping server did not send).
+    limit = _count(pagination, "limit", default=len(records) if has_more else requested_limit)
+    next_offset = (
+        _count(pagination, "nextOffset", default=offset + len(records)) if has_more else None
+    )
     returned = pagination.get("returned", len(records))
     if returned != len(records):
         raise ContractError(

@@ -32,13 +32,15 @@ def next_requests(
     `frontier` is the first offset not yet written, `in_flight` maps the offsets already asked
     for to their limits. New requests start at the frontier or where an in-flight one ends, and
     never overlap an in-flight one: a request is cut short to end where the next begins.
+    The frontier itself is asked for whenever nothing in flight starts there, even with no
+    room left (a short page leaves a gap there, and the pager awaits that page next).
     """
     if stride < 1:
         raise ValueError("stride must be >= 1")
     starts = sorted(in_flight)
     added: list[Request] = []
     cursor = frontier
-    while len(added) < room and cursor < total:
+    while cursor < total and (len(added) < room or cursor == frontier):
         if cursor in in_flight:
             cursor += in_flight[cursor]
             continue

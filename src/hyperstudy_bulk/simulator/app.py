@@ -326,6 +326,8 @@ def data_page(sim: Simulator, request: web.Request, args: tuple[str, ...], short
     if fmt != "json":
         headers = envelope.pagination_headers(pagination)
         return Reply(200, body, _FORMATS[fmt] + "; charset=utf-8", headers)
+    if sim.config.bare_pagination:
+        pagination = {k: pagination[k] for k in ("total", "offset", "hasMore")}
     processing: dict[str, Any] = {}
     if scope != "experiment":
         processing["experimentStartedAt"] = ds.room(room_id or scope_id).started_iso

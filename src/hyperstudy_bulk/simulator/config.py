@@ -32,6 +32,9 @@ class SimulatorConfig:
     rate_window: RateWindow = "fixed"
     faults: FaultSpec = field(default_factory=FaultSpec.none)
     max_page_size: int = 10_000
+    bare_pagination: bool = False
+    """Data pages leave out the pagination fields the contract makes optional (`limit`,
+    `returned`, `nextOffset`): only `total`, `offset` and `hasMore` remain."""
     api_key: str | None = None
     scopes: frozenset[str] = frozenset({"*"})
     media_bytes: int = 200_000
