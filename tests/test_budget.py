@@ -71,6 +71,20 @@ async def test_exhausted_remaining_header_pauses_until_reset() -> None:
     assert 9.0 < budget.counters.paused_seconds <= 10.0
 
 
+async def test_no_pause_is_longer_than_the_retry_budget() -> None:
+    clock = 1_000_000_000.0
+    budget = Budget(
+        per_hour=100, per_minute_per_endpoint=100, max_pause=30.0, wall_clock=lambda: clock
+    )
+    budget.rate_limited(86_400.0)
+    budget.observe(remaining=0, reset=clock + 600)
+    budget.observe(remaining=0, reset=600.0)
+    assert budget.counters.rate_limited == 1
+    assert budget.counters.paused_seconds == 0
+    budget.rate_limited(30.0)
+    assert 29.0 < budget.counters.paused_seconds <= 30.0
+
+
 async def test_a_request_cancelled_while_waiting_gives_its_permits_back() -> None:
     budget = Budget(per_hour=1, per_minute_per_endpoint=2, time_scale=1.0)
     leave = asyncio.Event()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -66,11 +66,12 @@ EMPTY = _page([], total=0, returned=0)
 
 @asynccontextmanager
 async def rogue_server(
-    events: list[dict[str, object]] | None = None, *, redirect: bool = False
+    events: list[dict[str, object] | web.Response] | None = None, *, redirect: bool = False
 ) -> AsyncIterator[tuple[str, list[tuple[str, str | None]]]]:
-    """A loopback server that breaks the contract: the events pages are `events`, answered in
-    order; every other data type is empty; `redirect` sends every request elsewhere. Yields
-    the base URL and the (path, X-API-Key) of every request it received."""
+    """A loopback server that breaks the contract: the events pages are `events` (bodies, or
+    whole responses with their status and headers), answered in order; every other data type
+    is empty; `redirect` sends every request elsewhere. Yields the base URL and the (path,
+    X-API-Key) of every request it received."""
     seen: list[tuple[str, str | None]] = []
     pages = list(events or [])
 
@@ -79,7 +80,7 @@ async def rogue_server(
         if redirect:
             raise web.HTTPFound("http://127.0.0.2:9/steal")
         body = pages.pop(0) if "/data/events/" in request.path and pages else EMPTY
-        return web.json_response(body)
+        return body if isinstance(body, web.Response) else web.json_response(body)
 
     app = web.Application()
     app.router.add_route("GET", "/{tail:.*}", handle)
@@ -144,6 +145,113 @@ async def test_contract_breaking_responses_end_the_stream_with_a_clear_error(
     assert events.files == []
     assert not list((tmp_path / "exp1" / "events").glob("*.ndjson"))
     assert all(s.status == "complete" for s in manifest.streams if s.data_type != "events")
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "reason"),
+    [
+        ("86400", "waiting 86400 s (its Retry-After)"),
+        ("inf", "waiting 60 s (a 429 without Retry-After)"),
+        ("nan", "waiting 60 s (a 429 without Retry-After)"),
+        ("1e999", "waiting 60 s (a 429 without Retry-After)"),
+        ("-5", "waiting 60 s (a 429 without Retry-After)"),
+    ],
+)
+async def test_a_wait_beyond_the_retry_budget_ends_the_request_at_once(
+    tmp_path: Path, retry_after: str, reason: str
+) -> None:
+    """A Retry-After longer than --max-retry-seconds is not obeyed (nor are values that are
+    not finite numbers: then the customary 60 s after a 429 applies, and does not fit either):
+    the request ends with an error saying so, and no other stream is paused."""
+    refusal = web.json_response(
+        {"error": {"code": "RATE_LIMITED", "message": "slow down"}},
+        status=429,
+        headers={"Retry-After": retry_after},
+    )
+    async with rogue_server([refusal]) as (base, seen):
+        settings = settings_for_base(
+            base, tmp_path, data_types="events,chat,rooms", max_retry_seconds=20
+        )
+        async with Downloader(settings) as downloader, asyncio.timeout(60):  # a hang guard
+            manifest = await downloader.archive("exp1")
+            paused = downloader.api.budget.counters.paused_seconds
+    events = next(s for s in manifest.streams if s.data_type == "events")
+    assert events.status == "incomplete"
+    assert f"HTTP 429 RATE_LIMITED: slow down; retrying means {reason}" in (events.error or "")
+    assert "s left of --max-retry-seconds 20: run the same command again later" in (
+        events.error or ""
+    )
+    assert [path for path, _ in seen if "/data/events/" in path] == [
+        "/api/v3/data/events/experiment/exp1"
+    ]
+    assert paused == 0
+    assert all(s.status == "complete" for s in manifest.streams if s.data_type != "events")
+
+
+@pytest.mark.parametrize(
+    ("remaining", "reset"),
+    [("1e999", "10"), ("inf", "10"), ("nan", "10"), ("-1", "10"), ("0", "inf"), ("0", "600")],
+)
+async def test_absurd_or_unaffordable_rate_limit_headers_are_not_obeyed(
+    tmp_path: Path, remaining: str, reset: str
+) -> None:
+    """X-RateLimit-Remaining/Reset that are not finite numbers are ignored; a reset further
+    away than --max-retry-seconds is not waited for (a 429, if it comes, says how long)."""
+    records = [{"id": "a"}, {"id": "b"}]
+    page = web.json_response(
+        _page(records),
+        headers={"X-RateLimit-Remaining": remaining, "X-RateLimit-Reset": reset},
+    )
+    async with rogue_server([page]) as (base, _):
+        settings = settings_for_base(base, tmp_path, data_types="events", max_retry_seconds=20)
+        async with Downloader(settings) as downloader, asyncio.timeout(60):  # a hang guard
+            manifest = await downloader.archive("exp1")
+            paused = downloader.api.budget.counters.paused_seconds
+    assert manifest.complete, [s.error for s in manifest.incomplete_streams]
+    assert read_type(tmp_path / "exp1", "events") == records
+    assert paused == 0
+
+
+def _echo_warning() -> dict[str, object]:
+    return {
+        "status": "success",
+        "data": [{"id": "a"}],
+        "metadata": {
+            "pagination": {"total": 1, "offset": 0, "hasMore": False},
+            "_warnings": [f"debug: called with key {KEY}"],
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [
+        lambda: _page([], total=f"n/a for {KEY}", returned=0),
+        lambda: _page([{"id": "a"}], returned=f"1 for {KEY}"),
+        _echo_warning,
+        lambda: web.json_response(
+            {"error": {"code": "BAD", "message": f"bad key {KEY}", "details": KEY}}, status=400
+        ),
+        lambda: web.json_response({"error": f"upstream said {KEY}"}, status=503),
+    ],
+    ids=["total", "returned", "warnings", "error-body", "error-string"],
+)
+async def test_the_key_a_server_echoes_back_is_redacted_everywhere(
+    tmp_path: Path, echo: Callable[[], dict[str, object] | web.Response]
+) -> None:
+    """A gateway reflecting the caller's key into what it sends: the key is cut out of every
+    message, log line and manifest field that quotes the server."""
+    log: list[str] = []
+    async with rogue_server([echo() for _ in range(3)]) as (base, _):
+        settings = settings_for_base(base, tmp_path, data_types="events,rooms", max_attempts=2)
+        async with Downloader(settings, log=log.append) as downloader:
+            manifest = await downloader.archive("exp1")
+    stored = (tmp_path / "exp1" / "manifest.json").read_text()
+    assert "<redacted>" in stored
+    assert KEY not in stored
+    assert KEY not in "\n".join(log)
+    assert KEY not in repr(manifest)
+    assert all(KEY not in path.read_text() for path in (tmp_path / "exp1").rglob("*.json"))
 
 
 async def test_the_key_is_not_sent_across_a_redirect(tmp_path: Path) -> None:

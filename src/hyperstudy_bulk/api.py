@@ -43,6 +43,7 @@ def open_client(settings: Settings, *, log: Callable[[str], None] = lambda m: No
             per_minute_per_endpoint=settings.rate_limit_per_minute_per_endpoint,
             time_scale=settings.rate_limit_time_scale,
             log=log,
+            max_pause=settings.max_retry_seconds,
         ),
         retry=RetryPolicy.from_settings(settings),
         concurrency=settings.concurrency,

@@ -133,7 +133,8 @@ class BudgetCounters:
 
 class Budget:
     """Admits a request when the hourly key window, the endpoint's minute window and the pause
-    gate all allow it. `time_scale` divides both periods (for a simulator on a fast clock)."""
+    gate all allow it. `time_scale` divides both periods (for a simulator on a fast clock);
+    `max_pause` (seconds, the retry budget) bounds every pause a server asks for."""
 
     HOUR = 3600.0
     MINUTE = 60.0
@@ -144,6 +145,7 @@ class Budget:
         per_hour: int,
         per_minute_per_endpoint: int,
         time_scale: float = 1.0,
+        max_pause: float = HOUR,
         wall_clock: Callable[[], float] = time.time,
         log: Callable[[str], None] = lambda message: None,
     ) -> None:
@@ -152,6 +154,7 @@ class Budget:
         self._minute = self.MINUTE / time_scale
         self._endpoints: dict[str, SlidingWindow] = {}
         self._gate = PauseGate()
+        self._max_pause = max_pause
         self._wall_clock = wall_clock
         self._in_flight = 0
         self._log = log
@@ -236,10 +239,12 @@ class Budget:
         return max(seconds)
 
     def rate_limited(self, retry_after: float) -> None:
-        """A 429 arrived: nobody sends again until `retry_after` seconds have passed."""
+        """A 429 arrived: nobody sends again until `retry_after` seconds have passed (unless
+        that is longer than `max_pause`: then the request that met it ends instead)."""
         self.counters.rate_limited += 1
-        self._pause_reason = "the server's Retry-After (HTTP 429)"
-        self.pause(retry_after)
+        if retry_after <= self._max_pause:
+            self._pause_reason = "the server's Retry-After (HTTP 429)"
+            self.pause(retry_after)
 
     def pause(self, seconds: float) -> None:
         before = self._gate.remaining
@@ -249,10 +254,11 @@ class Budget:
     def observe(self, remaining: int | None, reset: float | None) -> None:
         """Obey X-RateLimit-Remaining/Reset: when the server says no more requests than those
         already in flight fit before the reset, pause until the reset. `reset` is unix seconds
-        (a small number is read as seconds from now)."""
+        (a small number is read as seconds from now). A reset further than `max_pause` away is
+        not waited for: the server's 429, if it comes, says how long to wait."""
         if remaining is None or reset is None or remaining > self._in_flight:
             return
         seconds = reset if reset < 1e9 else reset - self._wall_clock()
-        if 0 < seconds <= self.HOUR:
+        if 0 < seconds <= self._max_pause:
             self._pause_reason = "the server's rate-limit reset (X-RateLimit-Remaining 0)"
             self.pause(seconds)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import functools
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Self, TypeVar
 from urllib.parse import quote
@@ -27,10 +28,11 @@ from hyperstudy_bulk._version import __version__
 from hyperstudy_bulk.budget import Budget
 from hyperstudy_bulk.config import ApiKey
 from hyperstudy_bulk.envelope import Page, decode_error, decode_object, decode_page
-from hyperstudy_bulk.errors import ApiError, TlsError, TransportError
+from hyperstudy_bulk.errors import ApiError, HyperStudyBulkError, TlsError, TransportError
 from hyperstudy_bulk.retry import RetryPolicy, call_with_retries
 
 T = TypeVar("T")
+E = TypeVar("E", bound=HyperStudyBulkError)
 
 
 @dataclass
@@ -149,7 +151,7 @@ class ApiClient(SessionHolder):
         """One page of a paginated data route at `offset`, retried as the policy allows;
         `id_field` names the record field whose values the Page lists as ids."""
         query = {**params, "offset": offset, "limit": limit}
-        return await self._get(
+        page = await self._get(
             endpoint,
             segments,
             query,
@@ -157,6 +159,9 @@ class ApiClient(SessionHolder):
                 body, requested_offset=offset, requested_limit=limit, id_field=id_field
             ),
         )
+        if page.warnings:  # shown to the user and kept in the manifest
+            page = replace(page, warnings=tuple(map(self._key.redact, page.warnings)))
+        return page
 
     async def get_object(self, endpoint: str, segments: Sequence[str]) -> dict[str, Any]:
         """The `data` object of a single-object route."""
@@ -178,7 +183,10 @@ class ApiClient(SessionHolder):
                 status, headers, body = await self._fetch(url)
             self._observe_limits(headers)
             if 200 <= status < 300:
-                return decode(body)
+                try:
+                    return decode(body)
+                except HyperStudyBulkError as error:  # its message may quote the body
+                    raise self._redacted(error) from None
             raise self._error(status, headers, body)
 
         where = path_of(*segments) + (f" offset {query['offset']}" if "offset" in query else "")
@@ -217,12 +225,16 @@ class ApiClient(SessionHolder):
 
     def _error(self, status: int, headers: Mapping[str, str], body: bytes) -> ApiError:
         retry_after = _retry_after(headers.get("Retry-After"))
-        error = decode_error(status, body, retry_after=retry_after)
-        error.args = (self._key.redact(str(error)),)
+        error = self._redacted(decode_error(status, body, retry_after=retry_after))
         if status == 429:
             self.budget.rate_limited(
                 retry_after if retry_after is not None else self._retry.rate_limited_wait
             )
+        return error
+
+    def _redacted(self, error: E) -> E:
+        """`error` with the key cut out of its message: servers may echo what they were sent."""
+        error.args = (self._key.redact(str(error)),)
         return error
 
     def _observe_limits(self, headers: Mapping[str, str]) -> None:
@@ -249,14 +261,15 @@ def _retry_after(value: str | None) -> float | None:
 
 
 def _seconds(value: str | None) -> float | None:
-    """A non-negative number from a header, or None when absent or unreadable."""
+    """A finite non-negative number from a header, or None when absent or unreadable (inf,
+    nan, 1e999 and negative numbers are ignored as if absent)."""
     if value is None:
         return None
     try:
         number = float(value.strip())
     except ValueError:
         return None
-    return number if number >= 0 and number == number else None
+    return number if math.isfinite(number) and number >= 0 else None
 
 
 __all__ = ["ApiClient", "RequestStats", "path_of"]

@@ -3,7 +3,10 @@
 Transient failures (429, 5xx, timeouts, resets, truncated or undecodable bodies) are retried
 with exponential backoff and full jitter; a server's Retry-After replaces the backoff. A 429 is
 the server pacing us, not failing, so it does not use up an attempt; every retry, 429 or not,
-counts against the total time allowed. 400/401/403/404 and contract violations are final.
+counts against the total time allowed (`max_seconds`), and no wait runs past it: a backoff is
+cut short at the deadline, and a wait the server sets (Retry-After, or the customary wait after
+a 429 without one) that does not fit ends the request at once, its error saying why.
+400/401/403/404 and contract violations are final.
 A fresh `AsyncRetrying` is made per request: tenacity keeps attempt state on the instance.
 """
 
@@ -68,22 +71,30 @@ async def call_with_retries(
     `on_retry(cause, seconds)` is told of each retry before its wait.
     """
     failures = 0
+    planned = 0.0
+    refused: tuple[BaseException, float, float] | None = None
     backoff = wait_random_exponential(multiplier=policy.backoff_base, max=policy.backoff_max)
 
-    def wait(state: RetryCallState) -> float:
-        retry_after = _retry_after(state)
-        if retry_after is not None:
-            return retry_after
-        if _was_rate_limited(state):
-            return policy.rate_limited_wait
-        return float(backoff(state))
-
     def stop(state: RetryCallState) -> bool:
-        nonlocal failures
+        nonlocal failures, planned, refused
         if not _was_rate_limited(state):
             failures += 1
-        elapsed = state.seconds_since_start or 0.0
-        return failures >= policy.max_attempts or elapsed >= policy.max_seconds
+        left = policy.max_seconds - (state.seconds_since_start or 0.0)
+        if failures >= policy.max_attempts or left <= 0:
+            return True
+        asked = _server_wait(state, policy)
+        if asked is None:
+            planned = min(float(backoff(state)), left)
+        elif asked <= left:
+            planned = asked
+        else:
+            error = state.outcome.exception() if state.outcome else None
+            refused = (error, asked, left) if error is not None else None
+            return True
+        return False
+
+    def wait(state: RetryCallState) -> float:
+        return planned
 
     def before_sleep(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
@@ -97,4 +108,26 @@ async def call_with_retries(
         before_sleep=before_sleep,
         reraise=True,
     )
-    return await retrying(attempt)
+    try:
+        return await retrying(attempt)
+    except ApiError as error:
+        if refused is not None and refused[0] is error:
+            _, asked, left = refused
+            error.args = (
+                f"{error}; retrying means waiting {asked:g} s ({_why(error)}), more than the "
+                f"{left:.0f} s left of --max-retry-seconds {policy.max_seconds:g}: run the same "
+                "command again later (or raise --max-retry-seconds)",
+            )
+        raise
+
+
+def _server_wait(state: RetryCallState, policy: RetryPolicy) -> float | None:
+    """The wait the server set for this retry: its Retry-After, or a 429's customary wait."""
+    retry_after = _retry_after(state)
+    if retry_after is not None:
+        return retry_after
+    return policy.rate_limited_wait if _was_rate_limited(state) else None
+
+
+def _why(error: ApiError) -> str:
+    return "its Retry-After" if error.retry_after is not None else "a 429 without Retry-After"
