@@ -239,6 +239,54 @@ async def test_blocking_download_inside_a_running_loop(tmp_path: Path) -> None:
         assert manifests[0].complete
 
 
+async def test_ctrl_c_stops_a_blocking_download_inside_a_running_loop(tmp_path: Path) -> None:
+    """A notebook cell: Ctrl-C (SIGINT, which ipykernel turns into KeyboardInterrupt, sent to
+    the process: the kernel may deliver it to any thread) stops the download at once, leaves
+    no thread behind, and the archive consistent: the same call then finishes it."""
+    import os
+    import signal
+    import threading
+
+    from hyperstudy_bulk.api import run_blocking
+    from hyperstudy_bulk.simulator import serve_in_thread
+    from hyperstudy_bulk.verify import verify_archive
+
+    config = SimulatorConfig(seed=9, rooms=4, records=300, latency_ms=5)
+    with serve_in_thread(config) as sim:
+        exp = sim.experiment_ids[0]
+        settings = settings_for(sim, tmp_path, page_size=50, concurrency=2)
+        interrupted: list[int] = []
+
+        def interrupt(_type: str, _records: int) -> None:
+            if not interrupted:
+                interrupted.append(1)
+                os.kill(os.getpid(), signal.SIGINT)
+
+        async def cell() -> object:
+            async with Downloader(settings) as downloader:
+                monitor = downloader.monitor()
+                monitor.on_page = interrupt
+                return await downloader.archive(exp, monitor=monitor)
+
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                run_blocking(cell)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        assert "hyperstudy-bulk download" not in [t.name for t in threading.enumerate()]
+        manifest = manifest_of(tmp_path, exp)
+        folder = archive_folder(tmp_path, exp)
+        assert not manifest.complete
+        published = {str(p.relative_to(folder)) for p in folder.rglob("*.ndjson")}
+        assert published == {f.path for s in manifest.streams for f in s.files}
+        assert interrupted
+        manifests = download(exp, api_key=sim.api_key, base_url=sim.base_url, out=tmp_path)
+        assert manifests[0].complete
+        assert verify_archive(folder).whole
+        assert read_type(folder, "events") == expected_type(sim, "events", exp)
+
+
 async def test_cancelling_leaves_a_consistent_archive(tmp_path: Path) -> None:
     import asyncio
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import functools
+import threading
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from pathlib import Path
@@ -123,13 +126,82 @@ def download(experiment_ids: str | Iterable[str], **options: object) -> list[Man
 
 def run_blocking(make: Callable[[], Awaitable[T]]) -> T:
     """Run a coroutine to completion from synchronous code, even where this thread already
-    runs an event loop (Jupyter): then it runs on a fresh loop in a worker thread."""
+    runs an event loop (Jupyter): then it runs on a fresh loop in a worker thread.
+
+    Ctrl-C (KeyboardInterrupt) cancels the coroutine, waits for it to finish cancelling (the
+    runner saves a consistent manifest on the way out) and is then raised: nothing keeps
+    running behind the caller's back, however many times Ctrl-C is pressed.
+    """
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         return asyncio.run(_awaited(make))
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, _awaited(make)).result()
+    return _run_in_worker_thread(make)
+
+
+def _run_in_worker_thread(make: Callable[[], Awaitable[T]]) -> T:
+    # The caller's thread only waits, in short slices: a signal is handled by the main
+    # thread's interpreter between two slices, whichever thread the kernel delivered it to.
+    # It waits on an Event, not Thread.join: a KeyboardInterrupt inside join() can leave the
+    # thread marked as stopped while it still runs (CPython 3.11).
+    outcome: concurrent.futures.Future[T] = concurrent.futures.Future()
+    started, finished = threading.Event(), threading.Event()
+    cancel: list[Callable[[], object]] = []
+
+    async def main() -> T:
+        task = asyncio.current_task()
+        assert task is not None
+        cancel.append(functools.partial(task.get_loop().call_soon_threadsafe, task.cancel))
+        started.set()
+        return await make()
+
+    def work() -> None:
+        try:
+            outcome.set_result(asyncio.run(main()))
+        except BaseException as error:  # handed to the waiting thread, raised there
+            outcome.set_exception(error)
+        finally:
+            started.set()
+            finished.set()
+
+    worker = threading.Thread(target=work, name="hyperstudy-bulk download")
+    worker.start()
+    try:
+        _wait_for(finished)
+    except KeyboardInterrupt:
+        _stop(finished, started, cancel)
+        raise
+    finally:
+        worker.join()
+    return outcome.result()
+
+
+def _wait_for(finished: threading.Event) -> None:
+    while not finished.wait(_WAIT_SLICE):
+        pass
+
+
+def _stop(
+    finished: threading.Event, started: threading.Event, cancel: list[Callable[[], object]]
+) -> None:
+    """Cancel the worker's coroutine once and wait until it has ended; a further Ctrl-C
+    meanwhile only waits on (leaving would orphan a thread writing the archive)."""
+    cancelled = False
+    while not finished.is_set():
+        try:
+            if not cancelled:
+                started.wait()
+                if cancel:
+                    with contextlib.suppress(RuntimeError):  # its loop has just closed
+                        cancel[0]()
+                cancelled = True
+            _wait_for(finished)
+        except KeyboardInterrupt:
+            continue
+
+
+_WAIT_SLICE = 0.05
+"""Seconds the calling thread waits at a time: how late Ctrl-C may be noticed."""
 
 
 async def _awaited(make: Callable[[], Awaitable[T]]) -> T:
