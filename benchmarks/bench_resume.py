@@ -8,8 +8,9 @@ The simulator (its own process) answers after 20 ms; the CLI runs at --concurren
 archive, kills the CLI at a moment drawn (seeded) from the first 10-90% of an uninterrupted
 run's duration, runs the same command to completion, and counts the requests the simulator
 served for the two runs together. What a kill may cost is the pages that were in flight or
-fetched ahead but not yet on disk: at most --concurrency requests were in flight, and each
-stream looks ahead by as many pages. The archive must be exact every time (verify).
+fetched but not yet on disk: at most --concurrency requests in flight (each stream a fair share
+of them), and at most --concurrency pages waiting for the disk in all. The archive must be exact
+every time (verify).
 """
 
 from __future__ import annotations
@@ -89,8 +90,8 @@ def run(config: SimulatorConfig, kills: int) -> None:
                 f"median {statistics.median(extras):.0f}, max {max(extras)}",
             ),
             (
-                "bound: in flight or read ahead",
-                f"<= {CONCURRENCY} in flight, + read-ahead (4 streams x {CONCURRENCY} pages)",
+                "bound: in flight or not yet on disk",
+                f"<= {CONCURRENCY} in flight, + <= {CONCURRENCY} pages waiting for the disk",
             ),
             ("archives exact after resume", "yes (verify passed every time)"),
         ],
