@@ -117,6 +117,7 @@ def test_a_field_first_seen_after_ten_thousand_records_lands_in_one_schema(
             "timestamp": f"2026-01-01T00:{i // 6000:02d}:{i % 60:02d}.{i % 1000:03d}Z",
             "onset": i,
             "count": i if i < 5000 else None,
+            "flip": "text" if i < 4096 else i,
         }
         if i >= 10_500:
             record["late"] = i % 7
@@ -132,7 +133,7 @@ def test_a_field_first_seen_after_ten_thousand_records_lands_in_one_schema(
     parquet = tmp_path / "parquet" / "events.parquet"
     assert pq.ParquetFile(parquet).metadata.num_row_groups == 3
     json_columns = _json_columns(parquet)
-    assert json_columns == ["lateNested", "mixed"]
+    assert json_columns == ["flip", "lateNested", "mixed"]
     pd.testing.assert_frame_equal(_read_parquet(parquet), _comparable(expected))
     csv = _read_csv(tmp_path / "csv" / "events.csv", json_columns)
     # CSV cannot tell 5 from "5": the mixed column's JSON text keeps that difference.

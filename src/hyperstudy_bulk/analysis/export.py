@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,9 +28,16 @@ from typing import Any
 import orjson
 import pandas as pd
 
-from hyperstudy_bulk.analysis.frames import iter_frames
-from hyperstudy_bulk.archive import Archive, ArchiveError
-from hyperstudy_bulk.datatypes import DataType
+from hyperstudy_bulk.analysis.frames import (
+    TIMESTAMP_COLUMNS,
+    flatten_targets,
+    iter_frames,
+    sdk_frame,
+)
+from hyperstudy_bulk.analysis.records import Record
+from hyperstudy_bulk.archive import Archive, ArchiveError, read_lines
+from hyperstudy_bulk.datatypes import DataType, Scope
+from hyperstudy_bulk.manifest import StreamEntry
 
 FORMATS = ("parquet", "csv")
 JSON_COLUMNS_KEY = b"hyperstudy_bulk.json_columns"
@@ -45,8 +52,10 @@ class MissingExtraError(ArchiveError):
 def _pyarrow() -> Any:
     try:
         import pyarrow
+        import pyarrow.compute
         import pyarrow.csv
         import pyarrow.ipc
+        import pyarrow.json
         import pyarrow.parquet
     except ImportError:
         raise MissingExtraError(f"export needs pyarrow: {PARQUET_INSTALL}") from None
@@ -130,11 +139,7 @@ def _export_type(
     spool_dir = Path(tempfile.mkdtemp(prefix=f".{kind.folder}.", dir=target.parent))
     try:
         spool = _Spool(spool_dir)
-        frames = iter_frames(
-            archive.folder, kind.folder, rows=batch_rows, allow_incomplete=allow_incomplete
-        )
-        for frame in frames:
-            table, json_columns = _to_arrow(pa, frame)
+        for table, json_columns in _tables(pa, archive, kind, batch_rows, allow_incomplete):
             path = spool_dir / f"{len(spool.paths):06d}.arrow"
             with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
                 w.write_table(table)
@@ -149,6 +154,90 @@ def _export_type(
         return rows
     finally:
         shutil.rmtree(spool_dir, ignore_errors=True)
+
+
+def _tables(
+    pa: Any, archive: Archive, kind: DataType, batch_rows: int, allow_incomplete: bool
+) -> Iterator[tuple[Any, set[str]]]:
+    """The data type as Arrow tables holding `load()`'s columns, with their JSON columns.
+
+    Fast path: an experiment-scope data type whose first record has nothing to flatten is
+    parsed by pyarrow's JSON reader, a few MiB at a time (C++, on every core), and only its
+    timestamp columns go through pandas (`to_datetime`, as the SDK does). The first chunk the
+    reader cannot give plain columns for (a nested object or list, a type that changes, a
+    timestamp that is not text) sends the rest of the data type down the exact path: decoded
+    records -> the SDK's DataFrame -> Arrow. Both give the same columns and values; the spool's
+    schema unification makes their types agree."""
+    streams = archive.streams(kind)
+    first = _first_record(archive, streams)
+    if first is None or flatten_targets(first) or any(s.scope != Scope.EXPERIMENT for s in streams):
+        frames = iter_frames(
+            archive.folder, kind.folder, rows=batch_rows, allow_incomplete=allow_incomplete
+        )
+        for frame in frames:
+            yield _to_arrow(pa, frame)
+        return
+    exact = False
+    for stream in streams:
+        for listed in archive.files(stream):
+            for chunk in read_lines(listed.path):
+                for start in range(0, len(chunk), batch_rows):
+                    lines = chunk[start : start + batch_rows]
+                    table = None if exact else _columnar(pa, lines)
+                    if table is None:
+                        exact = True
+                        frame = sdk_frame(list(map(orjson.loads, lines)))
+                        if len(frame.columns):
+                            yield _to_arrow(pa, frame)
+                    else:
+                        yield table, set()
+
+
+def _first_record(archive: Archive, streams: list[StreamEntry]) -> Record | None:
+    for stream in streams:
+        for listed in archive.files(stream):
+            for lines in read_lines(listed.path, chunk_bytes=1 << 16):
+                first: Record = orjson.loads(lines[0])
+                return first
+    return None
+
+
+def _columnar(pa: Any, lines: list[bytes]) -> Any:
+    """The lines as a table of `load()`'s columns, or None when only the exact path can say
+    what pandas would make of them."""
+    try:
+        table = pa.json.read_json(pa.py_buffer(b"\n".join(lines)))
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    if "onset_sec" in table.column_names or not table.num_columns:
+        return None
+    for column in table.schema:
+        if pa.types.is_nested(column.type):
+            return None
+        if column.name in TIMESTAMP_COLUMNS and not (
+            pa.types.is_string(column.type) or pa.types.is_null(column.type)
+        ):
+            return None
+    for name in TIMESTAMP_COLUMNS:
+        if name in table.column_names:
+            parsed = pd.to_datetime(table[name].to_pandas(), errors="coerce")
+            index = table.column_names.index(name)
+            table = table.set_column(index, name, pa.Array.from_pandas(parsed))
+    if "onset" in table.column_names:
+        onset = table["onset"]
+        if not (pa.types.is_integer(onset.type) or pa.types.is_floating(onset.type)):
+            return None
+        seconds = pa.compute.divide(pa.compute.cast(onset, pa.float64()), 1000.0)
+        table = table.append_column("onset_sec", seconds)
+    return _nulls_typed(pa, table)
+
+
+def _nulls_typed(pa: Any, table: Any) -> Any:
+    """A column without a value has the null type, as the exact path gives it."""
+    for index, column in enumerate(table.columns):
+        if column.null_count == len(column) and not pa.types.is_null(column.type):
+            table = table.set_column(index, table.field(index).name, pa.nulls(len(column)))
+    return table
 
 
 def _to_arrow(pa: Any, frame: pd.DataFrame) -> tuple[Any, set[str]]:
