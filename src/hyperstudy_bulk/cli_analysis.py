@@ -22,7 +22,9 @@ def add_commands(commands: Any) -> None:
         "export", help="write each data type of an archive as one Parquet or CSV file"
     )
     export.add_argument("archive", type=Path, metavar="DIR/EXPERIMENT_ID")
-    export.add_argument("--format", choices=("parquet", "csv"), default="parquet")
+    export.add_argument(
+        "--format", choices=("parquet", "csv"), default="parquet", help="default: parquet"
+    )
     export.add_argument(
         "--to",
         type=Path,

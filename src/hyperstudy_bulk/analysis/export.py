@@ -149,8 +149,12 @@ def _export_type(
             spool.order.update(dict.fromkeys(table.schema.names))
         schema = _unified(pa, spool)
         partial = target.with_name(f".{target.name}.part")
-        rows = _write(pa, spool, schema, partial, fmt)
-        partial.replace(target)
+        try:
+            rows = _write(pa, spool, schema, partial, fmt)
+            partial.replace(target)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         return rows
     finally:
         shutil.rmtree(spool_dir, ignore_errors=True)
