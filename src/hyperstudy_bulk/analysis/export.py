@@ -1,12 +1,13 @@
 """`hyperstudy-bulk export`: each data type of an archive as one Parquet or CSV file, in bounded
 memory, with the columns `load()` gives.
 
-Batches in, row groups out: records are read a few MiB at a time, converted to `load()`'s columns
-(by pyarrow's JSON reader where the values are plain, else exactly as frames.py converts them;
-see `_tables`), and spooled as Arrow tables to uncompressed Arrow IPC files beside the output. A field that first appears late, or whose type widens (an integer column
-that later holds a missing value), only changes the schema: once every batch is spooled their
-schemas are unified (`pyarrow.unify_schemas`, permissive), and each spooled batch, cast to that
-one schema (absent columns as nulls), becomes a row group of the Parquet file or rows of the CSV.
+Batches in, row groups out: records are read a few MiB at a time, converted to `load()`'s
+columns (by pyarrow's JSON reader where the values are plain, else exactly as frames.py converts
+them; see `_tables`), and spooled as Arrow tables to uncompressed Arrow IPC files beside the
+output. A field that first appears late, or whose type widens (an integer column that later
+holds a missing value), only changes the schema: once every batch is spooled their schemas are
+unified (`pyarrow.unify_schemas`, permissive), and each spooled batch, cast to that one schema
+(absent columns as nulls), becomes a row group of the Parquet file or rows of the CSV.
 Memory holds one batch; the spool costs one write and one memory-mapped read of the data.
 
 Nested values that are not flattened (`response`, `config`, `recipientIds`, the objects behind
