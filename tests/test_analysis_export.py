@@ -177,3 +177,15 @@ def test_without_pyarrow_export_names_the_install_command(
         "hyperstudy-bulk: export needs pyarrow: pip install 'hyperstudy-bulk[parquet]'\n"
     )
     assert not (tmp_path / "x").exists()
+
+
+def test_text_that_looks_like_a_time_stays_text_as_in_load(tmp_path: Path) -> None:
+    records = [
+        {"id": f"e{i}", "timestamp": "2026-01-01T00:00:00", "seenAt": "2026-01-02", "onset": i}
+        for i in range(50)
+    ]
+    folder = _handmade_archive(tmp_path / "archive", records)
+    export_archive(folder, to=tmp_path / "out")
+    parquet = tmp_path / "out" / "events.parquet"
+    assert str(pq.read_schema(parquet).field("seenAt").type) in {"string", "large_string"}
+    pd.testing.assert_frame_equal(_read_parquet(parquet), _comparable(load(folder, "events")))

@@ -217,8 +217,8 @@ def _columnar(pa: Any, lines: list[bytes]) -> Any:
     if "onset_sec" in table.column_names or not table.num_columns:
         return None
     for column in table.schema:
-        if pa.types.is_nested(column.type):
-            return None
+        if pa.types.is_nested(column.type) or pa.types.is_temporal(column.type):
+            return None  # pandas keeps nested values as objects, and text it was not asked to parse
         if column.name in TIMESTAMP_COLUMNS and not (
             pa.types.is_string(column.type) or pa.types.is_null(column.type)
         ):
