@@ -181,7 +181,7 @@ def test_without_pyarrow_export_names_the_install_command(
 
 def test_text_that_looks_like_a_time_stays_text_as_in_load(tmp_path: Path) -> None:
     records = [
-        {"id": f"e{i}", "timestamp": "2026-01-01T00:00:00", "seenAt": "2026-01-02", "onset": i}
+        {"id": f"e{i}", "timestamp": "2026-01-01T00:00:00.000Z", "seenAt": "2026-01-02", "onset": i}
         for i in range(50)
     ]
     folder = _handmade_archive(tmp_path / "archive", records)
