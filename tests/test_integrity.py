@@ -198,6 +198,43 @@ async def test_a_cancel_while_publishing_keeps_the_file_recorded(
         assert_exact(sim, folder, "events")
 
 
+async def test_a_run_cancelled_before_its_last_streams_started_is_not_complete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the randomised test (seed 188): one worker, cancelled while it published the
+    first room's stream (which is then complete); the second room's had not started."""
+    async with serve(CONFIG) as sim:
+        exp = sim.experiment_ids[0]
+        loop = asyncio.get_running_loop()
+        publishing, cancelled = asyncio.Event(), threading.Event()
+        finish = sinks.StreamSink.finish
+
+        def announced_finish(self: sinks.StreamSink) -> list[sinks.FileResult]:
+            loop.call_soon_threadsafe(publishing.set)
+            cancelled.wait(timeout=30)
+            return finish(self)
+
+        monkeypatch.setattr(sinks.StreamSink, "finish", announced_finish)
+        options: dict[str, Any] = {
+            "types": "events",
+            "granularity": "room",
+            "concurrency": 1,
+            "media": False,
+        }
+        task = asyncio.create_task(_archive(sim, tmp_path, **options))
+        await publishing.wait()
+        task.cancel()
+        cancelled.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        monkeypatch.setattr(sinks.StreamSink, "finish", finish)
+        folder = archive_folder(tmp_path, exp)
+        assert [s.status for s in load_manifest(folder).streams] == ["complete"]
+        assert not load_manifest(folder).complete
+        assert (await _archive(sim, tmp_path, **options)).complete
+        assert_exact(sim, folder, "events")
+
+
 async def test_a_renamed_part_is_durable_before_anything_records_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -126,6 +126,9 @@ class _Run:
     manifest: Manifest
     monitor: Monitor
     saved_at: float = 0.0
+    records_due: bool = True
+    """The streams' fetching has not finished (some may not have started): not complete yet,
+    whatever the entries saved so far say (a run stopped between two streams)."""
     media_due: bool = False
     """Media files are wanted and their fetching has not finished: not complete yet."""
     entries: dict[tuple[str, int], StreamEntry] = field(default_factory=dict)
@@ -244,7 +247,8 @@ class _Run:
             return
         if force or now - self.saved_at >= 1.0:
             self.manifest.updated_at = iso_utc(datetime.now(UTC))
-            self.manifest.complete = is_complete(self.manifest) and not self.media_due
+            due = self.records_due or self.media_due
+            self.manifest.complete = is_complete(self.manifest) and not due
             stats = self.api.stats
             self.manifest.requests = {
                 "sent": stats.requests,
@@ -369,6 +373,7 @@ async def _archive_into(
     try:
         if not settings.media_only:
             await (_refetch_changed(run) if was_complete else _crawl(run))
+        run.records_due = False
         if media:
             await _fetch_media(run)
             run.media_due = False
