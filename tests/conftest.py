@@ -35,9 +35,10 @@ def _isolated_from_the_runner(
 ) -> None:
     """Every test builds its settings from what it states: the HYPERSTUDY_* variables of whoever
     runs the suite (HYPERSTUDY_CONFIG among them) are removed, and the working directory is an
-    empty folder, so no .env there is read. Tests that want a variable or a .env set their own."""
+    empty folder, so no .env there is read. Tests that want a variable or a .env set their own.
+    SLURM array variables go too: inside an array task every download would be a shard."""
     for name in list(os.environ):
-        if name.upper().startswith("HYPERSTUDY"):
+        if name.upper().startswith("HYPERSTUDY") or name.startswith("SLURM_ARRAY_"):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
 

@@ -23,16 +23,23 @@ from hyperstudy_bulk.budget import Budget
 from hyperstudy_bulk.client import ApiClient
 from hyperstudy_bulk.config import Settings, load_settings
 from hyperstudy_bulk.errors import ConfigError
+from hyperstudy_bulk.ledger import SharedBudget
 from hyperstudy_bulk.manifest import Manifest
 from hyperstudy_bulk.progress import Monitor
 from hyperstudy_bulk.retry import RetryPolicy
-from hyperstudy_bulk.runner import archive_experiment
+from hyperstudy_bulk.runner import Assignment, archive_experiment
 
 T = TypeVar("T")
 
 
-def open_client(settings: Settings, *, log: Callable[[str], None] = lambda m: None) -> ApiClient:
-    """An ApiClient configured from settings (enter it with `async with`)."""
+def open_client(
+    settings: Settings,
+    *,
+    log: Callable[[str], None] = lambda m: None,
+    budget: Budget | None = None,
+) -> ApiClient:
+    """An ApiClient configured from settings (enter it with `async with`); its own budget at
+    the settings' limits unless one is given."""
     if not settings.api_key:
         raise ConfigError(
             "no API key: set HYPERSTUDY_API_KEY in the environment or in a .env file "
@@ -41,7 +48,8 @@ def open_client(settings: Settings, *, log: Callable[[str], None] = lambda m: No
     return ApiClient(
         base_url=settings.base_url,
         api_key=settings.api_key,
-        budget=Budget(
+        budget=budget
+        or Budget(
             per_hour=settings.rate_limit_per_hour,
             per_minute_per_endpoint=settings.rate_limit_per_minute_per_endpoint,
             time_scale=settings.rate_limit_time_scale,
@@ -59,9 +67,15 @@ def open_client(settings: Settings, *, log: Callable[[str], None] = lambda m: No
 class Downloader:
     """One HTTP session and one request budget, shared by every experiment it archives."""
 
-    def __init__(self, settings: Settings, *, log: Callable[[str], None] = lambda m: None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        log: Callable[[str], None] = lambda m: None,
+        budget: Budget | None = None,
+    ) -> None:
         self.settings = settings
-        self.api = open_client(settings, log=log)
+        self.api = open_client(settings, log=log, budget=budget)
 
     async def __aenter__(self) -> Self:
         await self.api.__aenter__()
@@ -74,6 +88,8 @@ class Downloader:
         traceback: TracebackType | None,
     ) -> None:
         await self.api.__aexit__(exc_type, exc, traceback)
+        if isinstance(self.api.budget, SharedBudget):
+            self.api.budget.close()
 
     def monitor(self) -> Monitor:
         """A fresh Monitor wired to this downloader's request counters."""
@@ -92,11 +108,13 @@ class Downloader:
         update: bool = False,
         now: datetime | None = None,
         folder: Path | None = None,
+        assignment: Assignment | None = None,
     ) -> Manifest:
         """Archive one experiment (or resume, or confirm it unchanged); with `update`, add what
         is new since the archive's last snapshot. `now` fixes the snapshot time (default: the
         clock); `folder` is the archive's folder when not `out/<experiment>` (one renamed or
-        copied). See `runner.archive_experiment` for what is raised."""
+        copied); an `assignment` fetches only a shard's streams. See
+        `runner.archive_experiment` for what is raised."""
         return await archive_experiment(
             self.api,
             self.settings,
@@ -105,6 +123,7 @@ class Downloader:
             update=update,
             now=now,
             folder=folder,
+            assignment=assignment,
         )
 
 

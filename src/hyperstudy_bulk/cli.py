@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import gc
 import math
+import os
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
@@ -25,6 +26,8 @@ from rich.table import Table
 from hyperstudy_bulk import cli_analysis
 from hyperstudy_bulk._version import __version__
 from hyperstudy_bulk.api import Downloader
+from hyperstudy_bulk.cli_merge import add_merge_parser, merge_command
+from hyperstudy_bulk.cli_shards import add_shard_options, check_targets, plan_work, resolve_shard
 from hyperstudy_bulk.config import (
     OPTIONS,
     Option,
@@ -52,7 +55,9 @@ from hyperstudy_bulk.exits import (
     EXIT_USAGE,
 )
 from hyperstudy_bulk.exits import say as _say
+from hyperstudy_bulk.ledger import shared_budget
 from hyperstudy_bulk.manifest import MANIFEST_NAME, Manifest, load_manifest
+from hyperstudy_bulk.plan import Shard
 from hyperstudy_bulk.progress import (
     Monitor,
     Renderer,
@@ -60,7 +65,7 @@ from hyperstudy_bulk.progress import (
     no_file_line,
     summary_table,
 )
-from hyperstudy_bulk.runner import ExperimentNotFound, experiment_folder
+from hyperstudy_bulk.runner import Assignment, ExperimentNotFound, experiment_folder
 from hyperstudy_bulk.survey import Survey, survey_experiment
 from hyperstudy_bulk.verify import verify_archive
 
@@ -137,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     download.add_argument(
         "experiment_ids",
-        nargs="+",
+        nargs="*",
         metavar="EXPERIMENT_ID",
         help="experiment ids; with --update, archive folders (DIR/EXPERIMENT_ID)",
     )
@@ -147,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="add what is new since each archive's last snapshot, leaving what is there as is",
     )
     _add_options(download)
+    add_shard_options(download)
     plan = commands.add_parser(
         "plan",
         help="show what download would fetch, without fetching",
@@ -185,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="an archive folder download wrote (renamed or copied is fine)",
     )
     cli_analysis.add_commands(commands)
+    add_merge_parser(commands)
     commands.add_parser(
         "simulate", help="run the API simulator (see simulate --help)", add_help=False
     )
@@ -220,15 +227,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _verify(args.archive)
         if args.command in cli_analysis.COMMANDS:
             return cli_analysis.run(args)
+        if args.command == "merge":
+            return merge_command(args.archive)
         settings = load_settings(
             {o.name: getattr(args, o.name, None) for o in OPTIONS}, config_file=args.config
         )
         if args.command == "plan":
             return asyncio.run(_plan(settings, [_check_id(i) for i in args.experiment_ids]))
+        check_targets(args.experiment_ids, all_experiments=args.all_experiments, update=args.update)
+        shard, source = resolve_shard(args.shard, os.environ)
         if args.update:
+            if shard is not None:
+                raise ConfigError("--update runs as one process: drop --shard (or the array)")
             return asyncio.run(_interruptible(update_command(settings, args.experiment_ids)))
         ids = [_check_id(experiment_id) for experiment_id in args.experiment_ids]
-        return asyncio.run(_interruptible(download_command(settings, ids)))
+        job = download_command(
+            settings, None if args.all_experiments else ids, shard=shard, shard_source=source
+        )
+        return asyncio.run(_interruptible(job))
     except KeyboardInterrupt:
         _say("interrupted; run the same command again to finish the archive")
         return EXIT_INTERRUPTED
@@ -338,24 +354,42 @@ def _refused(error: AuthError) -> int:
 
 async def download_command(
     settings: Settings,
-    experiment_ids: Sequence[str],
+    experiment_ids: Sequence[str] | None,
     *,
     update: bool = False,
     folder: Path | None = None,
+    shard: Shard | None = None,
+    shard_source: str = "",
 ) -> int:
     """Archive each experiment in turn (into `folder` if given: one experiment's archive
-    folder); the exit code is the worst outcome."""
+    folder; None: every experiment the key sees), or shard `shard`'s streams of each; the
+    exit code is the worst outcome."""
     log = _say if settings.verbose else (lambda message: None)
+    note = (lambda message: None) if settings.quiet else _say
     worst = EXIT_OK
     out = Console(quiet=settings.quiet)
-    async with Downloader(settings, log=log) as downloader:
-        for experiment_id in experiment_ids:
+    budget = shared_budget(settings, log=note, shards=shard.count if shard else 1)
+    async with Downloader(settings, log=log, budget=budget) as downloader:
+        try:
+            work = await plan_work(downloader, experiment_ids, shard, source=shard_source, say=note)
+        except ExperimentNotFound as error:
+            _say(str(error))
+            return EXIT_USAGE
+        except AuthError as error:
+            return _refused(error)
+        for experiment_id, assignment in work:
             monitor = downloader.monitor()
             if not settings.quiet:
                 monitor.note = _say
             target = folder or experiment_folder(settings.out, experiment_id)
             code = await _archive_one(
-                downloader, experiment_id, monitor, out, update=update, folder=target
+                downloader,
+                experiment_id,
+                monitor,
+                out,
+                update=update,
+                folder=target,
+                assignment=assignment,
             )
             worst = max(worst, code)
             if code in (EXIT_AUTH, EXIT_STORAGE):  # every further experiment would fail alike
@@ -387,13 +421,20 @@ async def _archive_one(
     *,
     update: bool,
     folder: Path,
+    assignment: Assignment | None = None,
 ) -> int:
     settings = downloader.settings
     renderer = make_renderer(settings.progress, monitor, quiet=settings.quiet)
     try:
         manifest = await _shown(
             renderer,
-            downloader.archive(experiment_id, monitor=monitor, update=update, folder=folder),
+            downloader.archive(
+                experiment_id,
+                monitor=monitor,
+                update=update,
+                folder=folder,
+                assignment=assignment,
+            ),
         )
     except (ExperimentNotFound, ConfigError, TlsError) as error:
         _say(str(error))
@@ -411,6 +452,13 @@ async def _archive_one(
         return EXIT_INCOMPLETE
     out.print(summary_table(manifest, monitor))
     media = settings.media or settings.media_only
+    if assignment is not None and manifest.complete:
+        print(
+            f"shard part complete: {sum(s.records for s in manifest.streams):,} records in "
+            f"{folder} ({assignment.manifest_name}); once every shard is done: "
+            f"hyperstudy-bulk merge {folder}"
+        )
+        return _report_media(manifest, folder, media)
     return max(_report(manifest, folder, media=media), _report_media(manifest, folder, media))
 
 

@@ -127,9 +127,10 @@ class Manifest:
         # orjson serialises dataclasses natively (in C): no Python-level copy of every field.
         return orjson.dumps(self, option=orjson.OPT_INDENT_2)
 
-    def save(self, folder: Path) -> None:
+    def save(self, folder: Path, name: str = MANIFEST_NAME) -> None:
+        """Write it as `folder/name` (a shard writes its own part, see shards.py)."""
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(folder / MANIFEST_NAME, self.to_json())
+        atomic_write(folder / name, self.to_json())
 
     @property
     def incomplete_streams(self) -> list[StreamEntry]:
@@ -210,9 +211,10 @@ def drop_checkpoint(folder: Path, key: str) -> None:
     checkpoint_path(folder, key).unlink(missing_ok=True)
 
 
-def load_manifest(folder: Path) -> Manifest:
-    """Read `folder/manifest.json` (raises OSError or ValueError when missing or damaged)."""
-    document = orjson.loads((folder / MANIFEST_NAME).read_bytes())
+def load_manifest(folder: Path, name: str = MANIFEST_NAME) -> Manifest:
+    """Read `folder/manifest.json` or another `name` (raises OSError or ValueError when missing
+    or damaged)."""
+    document = orjson.loads((folder / name).read_bytes())
     streams = [
         StreamEntry(
             **{

@@ -215,3 +215,103 @@ def estimate_seconds(requests_by_endpoint: Mapping[str, int], budget: RequestBud
         for n in requests_by_endpoint.values()
     ]
     return max(waits)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard `index` (1-based) of `count`: the part of a job one of `count` processes fetches."""
+
+    index: int
+    count: int
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def parse_shard(text: str) -> Shard:
+    """`K/N` with 1 <= K <= N; raises ValueError saying what is allowed."""
+    index, slash, count = text.strip().partition("/")
+    if not (slash and index.isdigit() and count.isdigit()):
+        raise ValueError(f"--shard {text!r} is not K/N (e.g. --shard 2/4)")
+    shard = Shard(int(index), int(count))
+    if not 1 <= shard.index <= shard.count:
+        raise ValueError(f"--shard {text!r}: K must be between 1 and N (e.g. --shard 1/{count})")
+    return shard
+
+
+def shard_from_slurm(environ: Mapping[str, str]) -> Shard | None:
+    """The shard of a SLURM array task, or None outside an array. Task ids need not start at
+    0 or 1 and may step (`--array=3-11:2`): shard K is the task's position in the array.
+    Raises ValueError when the variables do not describe a contiguous array."""
+    names = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_COUNT")
+    if not all(environ.get(name) for name in names):
+        return None
+    try:
+        task, first, count = (int(environ[name]) for name in names)
+        step = int(environ.get("SLURM_ARRAY_TASK_STEP") or 1)
+    except ValueError:
+        raise ValueError("the SLURM_ARRAY_TASK_* variables are not whole numbers") from None
+    offset, misaligned = divmod(task - first, max(1, step))
+    if misaligned or not 0 <= offset < count:
+        raise ValueError(
+            f"SLURM_ARRAY_TASK_ID {task} is not one of {count} evenly spaced tasks from {first}: "
+            "submit a range such as --array=1-4, or pass --shard K/N"
+        )
+    return Shard(offset + 1, count)
+
+
+def stream_requests(
+    spec: StreamSpec,
+    *,
+    totals: Mapping[DataType, int],
+    streams_of_type: Mapping[DataType, int],
+    page_size: int,
+) -> int:
+    """The requests planned for one stream: its data type's total spread evenly over the
+    type's streams (per-room totals are unknown before fetching; asking each would cost a
+    request per stream), at least one page."""
+    total = totals.get(spec.data_type)
+    if total is None:
+        return 1
+    return pages_needed(-(-total // max(1, streams_of_type.get(spec.data_type, 1))), page_size)
+
+
+def weigh_streams(
+    streams: Sequence[StreamSpec], *, totals: Mapping[DataType, int], page_size: int
+) -> list[int]:
+    """`stream_requests` of every stream, in order."""
+    counts = Counter(spec.data_type for spec in streams)
+    return [
+        stream_requests(spec, totals=totals, streams_of_type=counts, page_size=page_size)
+        for spec in streams
+    ]
+
+
+def split_by_weight(keys: Sequence[str], weights: Sequence[int], count: int) -> list[int]:
+    """The shard (1-based) of each item: heaviest first onto the least loaded shard (ties to
+    the lower shard), so loads differ by at most the lightest item placed last. Deterministic:
+    equal weights are taken in key order, whatever order the items came in."""
+    loads = [0] * count
+    shards = [0] * len(keys)
+    for item in sorted(range(len(keys)), key=lambda i: (-weights[i], keys[i])):
+        lightest = min(range(count), key=lambda s: (loads[s], s))
+        loads[lightest] += weights[item]
+        shards[item] = lightest + 1
+    return shards
+
+
+def makespan(weights: Sequence[int], count: int) -> int:
+    """The heaviest shard's load when `weights` are split into `count` shards."""
+    keys = [f"{i:09d}" for i in range(len(weights))]
+    loads = Counter(dict.fromkeys(range(1, count + 1), 0))
+    for weight, shard in zip(weights, split_by_weight(keys, weights, count), strict=True):
+        loads[shard] += weight
+    return max(loads.values())
+
+
+def finest_useful(candidates: Sequence[Sequence[int]], count: int) -> int:
+    """Which of `candidates` (each a granularity's stream weights, coarsest first) to shard:
+    the one whose heaviest shard is lightest, ties to the coarser (finer scopes cost more
+    requests in all). Coarse streams too few or too uneven for `count` shards lose to finer."""
+    spans = [makespan(weights, count) for weights in candidates]
+    return spans.index(min(spans))

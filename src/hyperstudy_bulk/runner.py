@@ -35,7 +35,7 @@ from hyperstudy_bulk.client import ApiClient
 from hyperstudy_bulk.config import Granularity, Settings
 from hyperstudy_bulk.datatypes import PARTICIPANTS, ROOMS, Scope, data_type_named
 from hyperstudy_bulk.errors import ApiError, ConfigError, HyperStudyBulkError, StorageError
-from hyperstudy_bulk.lock import archive_lock
+from hyperstudy_bulk.lock import archive_lock, exclusive
 from hyperstudy_bulk.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -118,6 +118,17 @@ def _nothing_left_behind(folder: Path) -> Iterator[None]:
                 path.rmdir()
 
 
+@dataclass(frozen=True)
+class Assignment:
+    """A shard's part of an experiment (see shards.py): these streams, at the snapshot and
+    granularity the shards agreed on, described in a manifest part of its own."""
+
+    streams: Sequence[StreamSpec]
+    snapshot: str
+    granularity: Granularity
+    manifest_name: str
+
+
 @dataclass
 class _Run:
     api: ApiClient
@@ -125,6 +136,7 @@ class _Run:
     folder: Path
     manifest: Manifest
     monitor: Monitor
+    manifest_name: str = MANIFEST_NAME
     saved_at: float = 0.0
     records_due: bool = True
     """The streams' fetching has not finished (some may not have started): not complete yet,
@@ -259,7 +271,7 @@ class _Run:
                 "paused_seconds": round(self.api.budget.counters.paused_seconds, 3),
             }
             try:
-                self.manifest.save(self.folder)
+                self.manifest.save(self.folder, self.manifest_name)
             except OSError as error:
                 raise StorageError.from_os_error(error) from None
             self.saved_at = now
@@ -271,24 +283,30 @@ def is_complete(manifest: Manifest) -> bool:
     return bool(manifest.streams) and not (manifest.incomplete_streams or manifest.failed_media)
 
 
-def _existing_manifest(folder: Path) -> Manifest | None:
-    if not (folder / MANIFEST_NAME).exists():
+def _existing_manifest(folder: Path, name: str) -> Manifest | None:
+    if not (folder / name).exists():
         return None
     try:
-        return load_manifest(folder)
+        return load_manifest(folder, name)
     except (OSError, ValueError, TypeError, KeyError) as error:
         raise ConfigError(
-            f"{folder / MANIFEST_NAME} cannot be read ({error}); move the folder aside or "
+            f"{folder / name} cannot be read ({error}); move the folder aside or "
             "choose another --out"
         ) from None
 
 
 def _open_manifest(
-    folder: Path, settings: Settings, experiment_id: str, moment: str, *, update: bool
+    folder: Path,
+    settings: Settings,
+    experiment_id: str,
+    moment: str,
+    *,
+    update: bool,
+    name: str = MANIFEST_NAME,
 ) -> tuple[Manifest, bool]:
-    """The archive's manifest (new, resumed, or with a new window for `update`), and whether
-    it was already complete before this run."""
-    existing = _existing_manifest(folder)
+    """The archive's manifest `name` (new, resumed, or with a new window for `update`), and
+    whether it was already complete before this run."""
+    existing = _existing_manifest(folder, name)
     if existing is None:
         if update:
             raise ConfigError(f"nothing to update: {folder} holds no archive; download it first")
@@ -336,10 +354,12 @@ async def archive_experiment(
     now: datetime | None = None,
     update: bool = False,
     folder: Path | None = None,
+    assignment: Assignment | None = None,
 ) -> Manifest:
     """Archive one experiment into `folder` (by default `settings.out/<experiment>`), resume an
     unfinished archive there, confirm a complete one unchanged, or (`update`) add what is new
-    since its last snapshot. Returns the saved manifest.
+    since its last snapshot; with an `assignment`, fetch only a shard's streams. Returns the
+    saved manifest.
 
     Raises BusyError while another run writes the same archive, ExperimentNotFound (before
     anything is written), ConfigError (output folder, an
@@ -350,8 +370,17 @@ async def archive_experiment(
     folder = folder or experiment_folder(settings.out, experiment_id)
     with _nothing_left_behind(folder):
         prepare_folder(folder)
-        with archive_lock(folder):
-            return await _archive_into(api, settings, experiment_id, folder, monitor, now, update)
+        # Shards write one archive at once, each its own streams: each holds its own part's
+        # lock (two runs of the same shard still exclude each other).
+        writer = (
+            exclusive(folder / f"{assignment.manifest_name}.lock", what=f"shard part of {folder}")
+            if assignment is not None
+            else archive_lock(folder)
+        )
+        with writer:
+            return await _archive_into(
+                api, settings, experiment_id, folder, monitor, now, update, assignment
+            )
 
 
 async def _archive_into(
@@ -362,16 +391,23 @@ async def _archive_into(
     monitor: Monitor,
     now: datetime | None,
     update: bool,
+    assignment: Assignment | None,
 ) -> Manifest:
     if settings.media_only and not (folder / MANIFEST_NAME).exists():
         raise ConfigError(f"--media-only: {folder} holds no archive; download its records first")
-    moment = iso_utc(now or datetime.now(UTC))
-    manifest, was_complete = _open_manifest(folder, settings, experiment_id, moment, update=update)
+    moment = assignment.snapshot if assignment else iso_utc(now or datetime.now(UTC))
+    name = assignment.manifest_name if assignment else MANIFEST_NAME
+    manifest, was_complete = _open_manifest(
+        folder, settings, experiment_id, moment, update=update, name=name
+    )
     monitor.experiment_id = experiment_id
     media = settings.media or settings.media_only
-    run = _Run(api, settings, folder, manifest, monitor, media_due=media)
+    run = _Run(api, settings, folder, manifest, monitor, manifest_name=name, media_due=media)
     try:
-        if not settings.media_only:
+        if assignment is not None:
+            manifest.granularity = assignment.granularity.value
+            await _run_all(run, assignment.streams)
+        elif not settings.media_only:
             await (_refetch_changed(run) if was_complete else _crawl(run))
         run.records_due = False
         if media:
@@ -584,4 +620,10 @@ def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
-__all__ = ["ExperimentNotFound", "archive_experiment", "experiment_folder", "prepare_folder"]
+__all__ = [
+    "Assignment",
+    "ExperimentNotFound",
+    "archive_experiment",
+    "experiment_folder",
+    "prepare_folder",
+]

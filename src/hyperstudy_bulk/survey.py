@@ -29,6 +29,8 @@ class Survey:
     experiment_id: str
     rooms: int
     rooms_complete: bool
+    listed_rooms: list[Room]
+    """The rooms, with their participants when the granularity is participant."""
     totals: dict[DataType, int]
     granularity: Granularity
     streams: list[StreamSpec]
@@ -103,6 +105,7 @@ async def survey_experiment(api: ApiClient, settings: Settings, experiment_id: s
         experiment_id=experiment_id,
         rooms=len(rooms),
         rooms_complete=rooms_complete,
+        listed_rooms=rooms,
         totals=totals,
         granularity=granularity,
         streams=plan_streams(experiment_id, settings.data_types, granularity, rooms),

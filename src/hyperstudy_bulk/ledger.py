@@ -1,0 +1,313 @@
+"""One API key's requests, shared through a file by every process using the key on one --out:
+the shards of a SLURM array (on any nodes, where the file system's locks work) and whoever
+runs after them, such as a requeued task starting within the hour.
+
+The ledger is an append-only log of lines `c <id> <sent> <endpoint>` (a request admitted at
+unix time `sent`) and `d <id> <ended>` (its response ended). A request holds a permit of the
+key's hour window and of its endpoint's minute window from `sent` until `ended + period`, like
+`budget.SlidingWindow`; one whose end was never logged (its process died with it in flight)
+holds it until `sent + 2 * period`, by when the server has surely stopped counting it.
+
+Admission takes the lock, reads what others appended since, and logs the request only if both
+windows have room; otherwise it sleeps until the earliest permit can come back and tries
+again. Ends are appended without the lock (small O_APPEND writes), and a reader keeps a torn
+last line for its next read. Times are wall-clock seconds: processes on different nodes share
+no other clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from hyperstudy_bulk.budget import Budget
+from hyperstudy_bulk.config import Settings
+from hyperstudy_bulk.errors import BusyError, StorageError
+from hyperstudy_bulk.lock import exclusive
+
+LEDGER_DIR = ".hyperstudy"
+T = TypeVar("T")
+
+
+@dataclass
+class _Request:
+    endpoint: str
+    sent: float
+    ended: float | None = None
+
+    def frees(self, period: float) -> float:
+        """When the request stops counting in a window of `period` seconds."""
+        return self.sent + 2 * period if self.ended is None else self.ended + period
+
+    def frees_at_least(self, period: float) -> float:
+        """The earliest it could stop counting (an unfinished request may end any moment)."""
+        return (self.sent if self.ended is None else self.ended) + period
+
+
+def ledger_path(settings: Settings) -> Path:
+    """The key's ledger in `--out`: named by a hash of the key and base URL, never the key."""
+    digest = hashlib.sha256(
+        f"{settings.base_url}\n{settings.api_key.reveal()}".encode()
+    ).hexdigest()
+    return settings.out / LEDGER_DIR / f"requests-{digest[:16]}.log"
+
+
+class RequestLedger:
+    """The shared windows: at most `per_hour` requests of the key in any `hour` seconds and
+    `per_minute` of one endpoint in any `minute` seconds, across every process."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        per_hour: int,
+        per_minute: int,
+        time_scale: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = path
+        self.per_hour, self.per_minute = per_hour, per_minute
+        self.hour, self.minute = 3600.0 / time_scale, 60.0 / time_scale
+        self._clock = clock
+        self._fd: int | None = None
+        self._read_to = 0
+        self._torn = b""
+        self._requests: dict[str, _Request] = {}
+        self._by_time: deque[str] = deque()
+        self._by_endpoint: dict[str, deque[_Request]] = {}
+        self._unwritten: list[str] = []
+        self._prefix = uuid.uuid4().hex[:10]
+        self._issued = 0
+
+    def open(self) -> None:
+        """Create the files and check that locks work here; raises OSError where they do not.
+        Requests admitted before are written to it now."""
+        if self._fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        with self._locked():
+            self._read_new()
+            if self._unwritten:
+                self._append("".join(self._unwritten))
+                self._unwritten.clear()
+
+    def _attached(self) -> bool:
+        """Whether the ledger file is open, opening it once --out holds anything: until then
+        no earlier process can have left a ledger there, and a run that writes nothing (a
+        mistyped experiment id) leaves no --out behind. Requests admitted meanwhile are kept
+        and written when it opens."""
+        if self._fd is None:
+            try:
+                if next(self.path.parent.parent.iterdir(), None) is None:
+                    return False
+            except OSError:
+                return False
+            self.open()
+        return True
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The ledger's lock, waited for in place: its holders keep it for a few system calls."""
+        with contextlib.ExitStack() as held:
+            while True:
+                try:
+                    held.enter_context(exclusive(self.path.with_suffix(".lock"), what="the ledger"))
+                    break
+                except BusyError:
+                    time.sleep(0.0005)
+            yield
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def held(self) -> int:
+        """Permits of the hour window held now, by every process (for tests and logs)."""
+        self._expire(self._clock())
+        return len(self._by_time)
+
+    def try_admit(self, endpoint: str) -> str | float:
+        """Log a request to `endpoint` and return its id, or the seconds to wait first."""
+        attached = self._attached()
+        with self._locked() if attached else contextlib.nullcontext():
+            if attached:
+                self._read_new()
+            now = self._clock()
+            wait = self._wait(endpoint, now)
+            if wait > 0:
+                return wait
+            self._issued += 1
+            ticket = f"{self._prefix}{self._issued:x}"
+            self._add(ticket, _Request(endpoint, now))
+            self._append(f"c {ticket} {now:.3f} {endpoint}\n")
+            return ticket
+
+    def ended(self, ticket: str) -> None:
+        now = self._clock()
+        request = self._requests.get(ticket)
+        if request is not None:
+            request.ended = now
+        self._append(f"d {ticket} {now:.3f}\n")
+
+    def _add(self, ticket: str, request: _Request) -> None:
+        self._requests[ticket] = request
+        self._by_time.append(ticket)
+        self._by_endpoint.setdefault(request.endpoint, deque()).append(request)
+
+    def _expire(self, now: float) -> None:
+        """Forget requests that no longer count, oldest first. Requests end roughly in the
+        order they were sent, so this stops at the first one still held: a later one that
+        already expired is counted a little longer, which errs on the safe side."""
+        while self._by_time:
+            request = self._requests[self._by_time[0]]
+            if request.frees(self.hour) > now:
+                break
+            del self._requests[self._by_time.popleft()]
+        for queue in self._by_endpoint.values():
+            while queue and queue[0].frees(self.minute) <= now:
+                queue.popleft()
+
+    def _wait(self, endpoint: str, now: float) -> float:
+        """0 when both windows have room at `now`, else the seconds until a permit may return."""
+        self._expire(now)
+        waits = []
+        if len(self._by_time) >= self.per_hour:
+            oldest = self._requests[self._by_time[0]]
+            waits.append(oldest.frees_at_least(self.hour) - now)
+        queue = self._by_endpoint.get(endpoint)
+        if queue is not None and len(queue) >= self.per_minute:
+            waits.append(queue[0].frees_at_least(self.minute) - now)
+        return max(0.001, *waits) if waits else 0.0
+
+    def _append(self, line: str) -> None:
+        if self._fd is None:
+            self._unwritten.append(line)
+        else:
+            os.write(self._fd, line.encode())
+
+    def _read_new(self) -> None:
+        assert self._fd is not None, "open() the ledger first"
+        size = os.fstat(self._fd).st_size
+        if size <= self._read_to:
+            return
+        chunk = self._torn + os.pread(self._fd, size - self._read_to, self._read_to)
+        self._read_to = size
+        *lines, self._torn = chunk.split(b"\n")
+        for line in lines:
+            self._apply(line.decode(errors="replace").split())
+
+    def _apply(self, fields: list[str]) -> None:
+        """One line of the log; a line that does not parse is ignored (it claims nothing)."""
+        with contextlib.suppress(ValueError, IndexError):
+            if fields[0] == "c" and len(fields) == 4 and fields[1] not in self._requests:
+                self._add(fields[1], _Request(fields[3], float(fields[2])))
+            elif fields[0] == "d" and len(fields) == 3 and fields[1] in self._requests:
+                self._requests[fields[1]].ended = float(fields[2])
+
+
+class SharedBudget(Budget):
+    """A Budget that also admits every request through the ledger, so this process, the
+    other shards and its predecessors together stay within the key's limits. Should the
+    ledger fail mid-run (a file system losing its locks), it carries on with its own windows
+    and says so once."""
+
+    def __init__(
+        self,
+        *,
+        ledger: RequestLedger,
+        log: Callable[[str], None],
+        per_hour: int,
+        per_minute_per_endpoint: int,
+        time_scale: float = 1.0,
+    ) -> None:
+        super().__init__(
+            per_hour=per_hour,
+            per_minute_per_endpoint=per_minute_per_endpoint,
+            time_scale=time_scale,
+        )
+        self.ledger: RequestLedger | None = ledger
+        self._log = log
+        self._admitting: dict[str, asyncio.Lock] = {}
+
+    def close(self) -> None:
+        if self.ledger is not None:
+            self.ledger.close()
+
+    @asynccontextmanager
+    async def slot(self, endpoint: str) -> AsyncIterator[None]:
+        async with super().slot(endpoint):
+            ticket = await self._admit(endpoint)
+            try:
+                yield
+            finally:
+                if ticket is not None and self.ledger is not None:
+                    self._safely(self.ledger.ended, ticket)
+
+    async def _admit(self, endpoint: str) -> str | None:
+        # One coroutine of this process asks the ledger per endpoint at a time, the others
+        # queue in order: without it, every waiter would wake at each returning permit, and
+        # all but one would read and lock the ledger for nothing.
+        async with self._admitting.setdefault(endpoint, asyncio.Lock()):
+            while self.ledger is not None:
+                outcome = self._safely(self.ledger.try_admit, endpoint)
+                if not isinstance(outcome, float):
+                    return outcome
+                await asyncio.sleep(outcome)
+        return None
+
+    def _safely(self, call: Callable[[str], T], argument: str) -> T | None:
+        try:
+            return call(argument)
+        except (OSError, StorageError) as error:
+            self._log(
+                f"the shared request ledger failed ({error}); continuing with this "
+                "process's own budget"
+            )
+            self.ledger = None
+            return None
+
+
+def shared_budget(settings: Settings, *, log: Callable[[str], None], shards: int = 1) -> Budget:
+    """The budget of a download into `settings.out`: the key's full limits, shared through the
+    ledger with every other process using the key there. Where the ledger cannot be locked,
+    each of `shards` processes takes an even share of the limits instead (a static share needs
+    no coordination, but a shard that finishes early leaves its share unused)."""
+    ledger = RequestLedger(
+        ledger_path(settings),
+        per_hour=settings.rate_limit_per_hour,
+        per_minute=settings.rate_limit_per_minute_per_endpoint,
+        time_scale=settings.rate_limit_time_scale,
+    )
+    if shards > 1:
+        try:
+            ledger.open()
+        except (OSError, StorageError) as error:
+            log(
+                f"the request ledger in {settings.out} cannot be locked ({error}): "
+                f"each of the {shards} shards takes 1/{shards} of the key's limits"
+            )
+            return Budget(
+                per_hour=max(1, settings.rate_limit_per_hour // shards),
+                per_minute_per_endpoint=max(
+                    1, settings.rate_limit_per_minute_per_endpoint // shards
+                ),
+                time_scale=settings.rate_limit_time_scale,
+            )
+    return SharedBudget(
+        ledger=ledger,
+        log=log,
+        per_hour=settings.rate_limit_per_hour,
+        per_minute_per_endpoint=settings.rate_limit_per_minute_per_endpoint,
+        time_scale=settings.rate_limit_time_scale,
+    )
