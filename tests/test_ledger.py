@@ -143,6 +143,7 @@ def test_no_ledger_is_written_into_an_empty_out_until_it_holds_something(tmp_pat
     ledger.ended(first)
     assert list(out.iterdir()) == []  # a run that writes nothing leaves --out empty
     (out / "exp").mkdir()
+    (out / "exp" / "manifest.json").write_bytes(b"{}")
     assert isinstance(ledger.try_admit("data/chat"), str)
     (successor,) = ledgers(out / ".hyperstudy" / "requests.log", clock, 1)
     successor.open()

@@ -102,15 +102,17 @@ class RequestLedger:
                 self._unwritten.clear()
 
     def _attached(self) -> bool:
-        """Whether the ledger file is open, opening it once --out holds anything: until then
-        no earlier process can have left a ledger there, and a run that writes nothing (a
-        mistyped experiment id) leaves no --out behind. Requests admitted meanwhile are kept
-        and written when it opens."""
+        """Whether the ledger file is open, opening it once --out holds a ledger or an
+        archive's manifest: until then no earlier process can have left a ledger there, and a
+        run that writes nothing (a mistyped experiment id) leaves no --out behind. Requests
+        admitted meanwhile are kept and written when it opens."""
         if self._fd is None:
+            out = self.path.parent.parent
             try:
-                if next(self.path.parent.parent.iterdir(), None) is None:
-                    return False
+                found = self.path.parent.is_dir() or next(out.glob("*/manifest.json"), None)
             except OSError:
+                return False
+            if not found:
                 return False
             self.open()
         return True

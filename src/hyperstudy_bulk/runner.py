@@ -255,7 +255,7 @@ class _Run:
         Until the first page is about to be written (`create`) there is nothing to describe:
         a run refused at its first request leaves no folder behind."""
         now = time.monotonic()
-        if not (create or (self.folder / MANIFEST_NAME).exists()):
+        if not (create or (self.folder / self.manifest_name).exists()):
             return
         if force or now - self.saved_at >= 1.0:
             self.manifest.updated_at = iso_utc(datetime.now(UTC))
