@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import dataclasses
 import math
+import re
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -90,6 +91,8 @@ class Outcome:
     seconds: float
     stats: dict[str, Any]
     minimum: int
+    etas: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+    """(elapsed s, ETA / time left) per progress line (the CLI's runs only)."""
 
     @property
     def accepted(self) -> int:
@@ -132,18 +135,45 @@ def rows_for(outcome: Outcome, window: float) -> list[tuple[str, str]]:
             f"{outcome.label}: requests vs minimum",
             f"{outcome.sent} / {outcome.minimum} = {outcome.sent / outcome.minimum:.3f}x",
         ),
+        *([(f"{outcome.label}: ETA / time left", _etas(outcome.etas))] if outcome.etas else []),
     ]
 
 
-def cli_download(sim: ProcessHandle, out: Path, page_size: int, scale: float) -> float:
-    """Wall seconds of one CLI download at default limits on the scaled clock."""
+def _etas(etas: list[tuple[int, float]]) -> str:
+    first_half = [ratio for at, ratio in etas if at <= etas[-1][0] / 2]
+    shown = ", ".join(f"{ratio:.2f} at {at} s" for at, ratio in etas)
+    return f"{shown} (first half within {max(abs(1 - r) for r in first_half or [1.0]):.0%})"
+
+
+LOG_LINE = re.compile(r"^\[\S+\s+(\d+)s\] .* ETA (?:(\d+):)?(\d+):(\d+)")
+
+
+def eta_ratios(log: str) -> list[tuple[int, float]]:
+    """(elapsed s, ETA / time actually left) for each progress line of a run's log but the
+    last, the time left measured by that same log's last line."""
+    points = []
+    for line in log.splitlines():
+        if match := LOG_LINE.match(line):
+            hours, minutes, seconds = (int(g or 0) for g in match.group(2, 3, 4))
+            points.append((int(match.group(1)), hours * 3600 + minutes * 60 + seconds))
+    if len(points) < 2:
+        return []
+    end = points[-1][0]
+    return [(at, eta / (end - at)) for at, eta in points[:-1] if end > at]
+
+
+def cli_download(
+    sim: ProcessHandle, out: Path, page_size: int, scale: float
+) -> tuple[float, list[tuple[int, float]]]:
+    """Wall seconds of one CLI download at default limits on the scaled clock, and how true
+    the ETA of each of its progress lines was."""
     args = [
         "download",
         sim.experiment_ids[0],
         "--out",
         str(out),
         "--progress",
-        "none",
+        "log",
         "--no-media",
         "--page-size",
         str(page_size),
@@ -152,7 +182,7 @@ def cli_download(sim: ProcessHandle, out: Path, page_size: int, scale: float) ->
     ]
     run = run_child(cli_command(args), sim_env(sim))
     check_ok(f"download into {out}", run)
-    return run.seconds
+    return run.seconds, eta_ratios(run.stderr)
 
 
 async def bucket_download(sim: ProcessHandle, out: Path, page_size: int, scale: float) -> float:
@@ -190,11 +220,11 @@ def measure(config: SimulatorConfig, page_size: int, *, baseline: bool) -> list[
     outcomes = []
     with serve_in_subprocess(config) as sim, tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
-        seconds = cli_download(sim, root / "cli", page_size, scale)
+        seconds, etas = cli_download(sim, root / "cli", page_size, scale)
         totals = experiment_totals(root / "cli" / sim.experiment_ids[0])
         minimum = minimum_requests(totals, page_size)
         label = f"Budget, {config.rate_window} server"
-        outcomes.append(Outcome(label, seconds, sim.stats(), minimum))
+        outcomes.append(Outcome(label, seconds, sim.stats(), minimum, etas))
         if baseline:
             sim.reset()  # zero the counters and the server's windows
             seconds = asyncio.run(bucket_download(sim, root / "bucket", page_size, scale))

@@ -159,3 +159,21 @@ async def test_the_bars_say_why_the_run_waits() -> None:
     assert "waiting for the server's Retry-After (HTTP 429): next request in 1:30" in (
         screen.getvalue()
     )
+
+
+@pytest.mark.parametrize(("seconds_so_far", "low", "high"), [(0.1, 99, 101), (10, 985, 991)])
+async def test_the_eta_is_the_longer_of_the_budgets_and_the_networks_forecast(
+    seconds_so_far: float, low: float, high: float
+) -> None:
+    budget = Budget(per_hour=1, per_minute_per_endpoint=100, time_scale=360)  # hour of 10 s
+    async with budget.slot("data/events"):
+        pass
+    monitor = Monitor(budget=budget, page_size=1000)
+    monitor.started -= seconds_so_far
+    figures = monitor.of("events")
+    figures.endpoint, figures.streams = "data/events", 1
+    figures.records, figures.expected = 100, 10_000
+    # 10 requests left, one an hour: 100 s; 9,900 records at 1,000/s or at 10/s.
+    eta = monitor.eta_seconds()
+    assert eta is not None
+    assert low < eta < high

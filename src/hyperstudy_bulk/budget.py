@@ -37,14 +37,26 @@ class SlidingWindow:
         self.waiting = 0
         """Requests held at this window right now."""
         self._used = 0
+        self._held = 0.0
+        self._held_since: float | None = None
 
     async def acquire(self) -> None:
+        clock = asyncio.get_running_loop().time
+        if self._held_since is None and self.holds(arriving=1):
+            self._held_since = clock()
         self.waiting += 1
         try:
             await self._permits.acquire()
         finally:
             self.waiting -= 1
+            if self._held_since is not None and not self.waiting:
+                self._held += clock() - self._held_since
+                self._held_since = None
         self._used += 1
+
+    def held_seconds(self, now: float) -> float:
+        """How long, in all, some request has waited here for a permit."""
+        return self._held + (now - self._held_since if self._held_since is not None else 0.0)
 
     def release_later(self) -> None:
         loop = asyncio.get_running_loop()
@@ -226,6 +238,13 @@ class Budget:
         if wait is not None and wait.seconds >= 1.0 and now >= self._logged_until:
             self._logged_until = now + wait.seconds
             self._log(str(wait))
+
+    def held_seconds(self) -> float:
+        """How long requests have been held back so far (the longest any one window held
+        them, plus the server's pauses): time the network was not the limit."""
+        now = asyncio.get_running_loop().time()
+        windows = [self._key, *self._endpoints.values()]
+        return max(w.held_seconds(now) for w in windows) + self.counters.paused_seconds
 
     def seconds_to_send(self, requests_by_endpoint: Mapping[str, int]) -> float:
         """The least time until all these requests may be sent, given the permits in use now

@@ -133,23 +133,24 @@ class Monitor:
         return sum(t.requests for t in self.types.values())
 
     def eta_seconds(self) -> float | None:
-        """Seconds left. When the budget cannot send every request left at once, the time
-        it needs for them (as `plan` reckons it: a run about to wait for its hourly budget
-        does not promise to end in seconds, nor does a pause make it forecast the run's
-        average rate); otherwise the rate so far."""
+        """Seconds left: the longer of two forecasts. The budget's: the time it needs to send
+        the requests left (as `plan` reckons it), so a run about to wait for its hourly budget
+        does not promise to end in seconds. The network's: the records left at the rate
+        records came while nothing was held back, so neither a pause in the budget inflates
+        it nor a slow network leaves it to the budget alone."""
         left = {
             figures.endpoint: figures.requests_left(self.page_size)
             for figures in self.types.values()
             if figures.endpoint
         }
-        if self.budget is not None and any(left.values()):
-            held = self.budget.seconds_to_send(left)
-            if held > 0:
-                return held
-        elapsed = time.monotonic() - self.started
-        if self.records and elapsed > 0 and self.expected > self.records:
-            return (self.expected - self.records) / (self.records / elapsed)
-        return None
+        budget = self.budget
+        forecasts: list[float] = []
+        if budget is not None and any(left.values()):
+            forecasts.append(budget.seconds_to_send(left))
+        active = time.monotonic() - self.started - (budget.held_seconds() if budget else 0.0)
+        if self.records and active > 0 and self.expected > self.records:
+            forecasts.append((self.expected - self.records) / (self.records / active))
+        return max(forecasts) if forecasts else None
 
     def media_eta_seconds(self) -> float | None:
         """Seconds left for the media files: the transfers at their rate so far, or, when
