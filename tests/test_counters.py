@@ -78,7 +78,9 @@ def test_an_update_counts_records_it_already_held_as_done(
     assert "11/11 streams" in last
 
 
-async def test_an_interrupted_stream_says_how_many_records_it_has_on_disk(tmp_path: Path) -> None:
+async def test_an_interrupted_stream_says_how_many_records_it_has_on_disk(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = SimulatorConfig(seed=9, rooms=2, records=400, latency_ms=2)
     async with serve(config) as sim:
         exp = sim.experiment_ids[0]
@@ -104,6 +106,13 @@ async def test_an_interrupted_stream_says_how_many_records_it_has_on_disk(tmp_pa
     assert stream.records == checkpoint.records > 0
     assert stream.bytes > 0
     assert stream.open_part is not None
+    assert main(["verify", str(archive_folder(tmp_path, exp))]) == 1
+    out = capsys.readouterr().out
+    assert f"not fetched: interrupted (stream {stream.key})" in out
+    assert out.rstrip().endswith(
+        f"to finish it, run: hyperstudy-bulk download {exp} --out {tmp_path} "
+        "--data-types eyetracking"
+    )
 
 
 async def test_the_media_total_is_known_before_the_first_byte(tmp_path: Path) -> None:

@@ -196,7 +196,5 @@ async def test_ctrl_c_during_media_leaves_the_archive_incomplete_and_verify_says
     out = capsys.readouterr().out
     assert "None" not in out
     assert "media file not fetched yet: the download stopped before it" in out
-    assert (
-        f"to finish it, run: hyperstudy-bulk download {experiment} --out {tmp_path} --media-only"
-        in out
-    )
+    command = f"hyperstudy-bulk download {experiment} --out {tmp_path} --data-types recordings"
+    assert f"to finish it, run: {command} --media-only" in out

@@ -36,7 +36,7 @@ from hyperstudy_bulk.config import (
     choices_text,
     load_settings,
 )
-from hyperstudy_bulk.datatypes import ALL_DATA_TYPES
+from hyperstudy_bulk.datatypes import ALL_DATA_TYPES, data_type_names
 from hyperstudy_bulk.errors import (
     AuthError,
     BusyError,
@@ -67,7 +67,7 @@ from hyperstudy_bulk.progress import (
 )
 from hyperstudy_bulk.runner import Assignment, ExperimentNotFound, experiment_folder
 from hyperstudy_bulk.survey import Survey, survey_experiment
-from hyperstudy_bulk.verify import verify_archive
+from hyperstudy_bulk.verify import Report, verify_archive
 
 _FLAGS = {"quiet", "verbose", "allow_insecure_http", "media_only"}
 _SWITCHES = {"media"}
@@ -327,13 +327,21 @@ def _verify(folder: Path) -> int:
         return EXIT_OK
     print(f"archive is NOT whole: {len(report.problems)} problem(s) in {folder}")
     if report.unfinished_streams or report.unfinished_media:
-        only_media = " --media-only" if not report.unfinished_streams else ""
         print(
             f"the download did not finish ({report.unfinished_streams} stream(s), "
             f"{report.unfinished_media} media file(s) missing); to finish it, run: "
-            f"hyperstudy-bulk download {report.experiment_id} --out {folder.parent}{only_media}"
+            + _finishing_command(report, folder)
         )
     return EXIT_INCOMPLETE
+
+
+def _finishing_command(report: Report, folder: Path) -> str:
+    """The download that finishes what verify found unfinished, asking for no more than the
+    archive holds."""
+    command = f"hyperstudy-bulk download {report.experiment_id} --out {folder.parent}"
+    if set(report.data_types) != set(data_type_names()):
+        command += f" --data-types {','.join(report.data_types)}"
+    return command + ("" if report.unfinished_streams else " --media-only")
 
 
 def _check_id(experiment_id: str) -> str:

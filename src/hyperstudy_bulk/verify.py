@@ -35,6 +35,8 @@ class Report:
     records: int
     problems: list[Problem]
     experiment_id: str = ""
+    data_types: tuple[str, ...] = ()
+    """The data types the archive holds (what a download finishing it must ask for)."""
     unfinished_streams: int = 0
     """Streams the download has not finished (interrupted or failed): running it again does."""
     unfinished_media: int = 0
@@ -94,6 +96,7 @@ def verify_archive(folder: Path) -> Report:
         records,
         problems,
         experiment_id=manifest.experiment_id,
+        data_types=tuple(manifest.data_types),
         unfinished_streams=len(manifest.incomplete_streams),
         unfinished_media=len(manifest.failed_media),
     )
