@@ -80,6 +80,10 @@ class SlidingWindow:
         returns += [self.period] * max(0, self.limit - free - len(returns))
         return WindowState(self.limit, self.period, free, returns)
 
+    def next_return(self, now: float) -> float:
+        """Seconds until a permit in use comes back (a whole period when all are in flight)."""
+        return max(0.0, self._returns[0] - now) if self._returns else self.period
+
     def holds(self, arriving: int = 0) -> bool:
         """Whether some of the requests waiting here (and `arriving` more) must wait for a
         permit to come back: a permit just released to a waiter counts as that waiter's."""
@@ -222,8 +226,7 @@ class Budget:
         ]
         for reason, window in windows:
             if window.holds(arriving=0 if endpoint is None else 1):
-                returns = window.state(now).returns
-                return Wait(reason, returns[0] if returns else window.period)
+                return Wait(reason, window.next_return(now))
         return None
 
     def waiting(self) -> Wait | None:
