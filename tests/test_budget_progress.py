@@ -168,7 +168,7 @@ async def test_the_eta_is_the_longer_of_the_budgets_and_the_networks_forecast(
     budget = Budget(per_hour=1, per_minute_per_endpoint=100, time_scale=360)  # hour of 10 s
     async with budget.slot("data/events"):
         pass
-    monitor = Monitor(budget=budget, page_size=1000)
+    monitor = Monitor(budget=budget, page_size=lambda data_type: 1000)
     monitor.started -= seconds_so_far
     figures = monitor.of("events")
     figures.endpoint, figures.streams = "data/events", 1

@@ -69,7 +69,7 @@ def test_data_types_accept_folder_and_path_names(tmp_path: Path) -> None:
     ("flags", "message"),
     [
         ({"concurrency": "many"}, "option --concurrency: concurrency must be a whole number >= 1"),
-        ({"page_size": "0"}, "page_size must be a whole number >= 1 (got '0')"),
+        ({"page_size": "0"}, "page_size must be auto or a whole number >= 1 (got '0')"),
         ({"timeout": "-3"}, "timeout must be a number > 0"),
         ({"granularity": "session"}, "must be one of auto, experiment, room, participant"),
         ({"data_types": "events,audio"}, "unknown data type 'audio'"),

@@ -158,7 +158,7 @@ def test_plan_says_how_long_the_budget_makes_it_and_what_media_adds(
 
 def test_an_80_column_terminal_keeps_the_bar_and_the_eta() -> None:
     screen = io.StringIO()
-    monitor = Monitor(experiment_id="exp1", page_size=100)
+    monitor = Monitor(experiment_id="exp1", page_size=lambda data_type: 100)
     figures = monitor.of("ratings-continuous")
     figures.records, figures.expected, figures.requests, figures.streams = 1500, 3000, 15, 1
     monitor.started -= 10  # 1,500 records in 10 s: 10 s to go at that rate

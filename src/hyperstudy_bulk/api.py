@@ -97,7 +97,6 @@ class Downloader:
             rate_limited=lambda: self.api.budget.counters.rate_limited,
             retries=lambda: sum(self.api.stats.retries.values()),
             budget=self.api.budget,
-            page_size=self.settings.page_size,
         )
 
     async def archive(

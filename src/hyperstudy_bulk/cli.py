@@ -540,7 +540,7 @@ async def _plan(settings: Settings, experiment_ids: Sequence[str]) -> int:
                 return _refused(error)
             table = Table(
                 title=f"Plan for {experiment_id}: {survey.rooms} rooms, "
-                f"granularity {survey.granularity}"
+                f"granularity {survey.granularity}, pages of {survey.page_size:,}"
             )
             for column in ("data type", "records", "streams", "requests (at least)"):
                 table.add_column(column, justify="left" if column == "data type" else "right")

@@ -29,6 +29,7 @@ from hyperstudy_bulk.budget import Budget
 from hyperstudy_bulk.config import ApiKey
 from hyperstudy_bulk.envelope import Page, decode_error, decode_object, decode_page
 from hyperstudy_bulk.errors import ApiError, HyperStudyBulkError, TlsError, TransportError
+from hyperstudy_bulk.pagesize import PageTooLarge, too_large
 from hyperstudy_bulk.retry import RetryPolicy, call_with_retries
 
 T = TypeVar("T")
@@ -147,9 +148,12 @@ class ApiClient(SessionHolder):
         offset: int,
         limit: int,
         id_field: str | None = None,
+        shrinkable: bool = False,
     ) -> Page:
         """One page of a paginated data route at `offset`, retried as the policy allows;
-        `id_field` names the record field whose values the Page lists as ids."""
+        `id_field` names the record field whose values the Page lists as ids. With
+        `shrinkable`, a large page failing as large pages do raises PageTooLarge at once
+        instead of being retried at the same size."""
         query = {**params, "offset": offset, "limit": limit}
         page = await self._get(
             endpoint,
@@ -158,6 +162,7 @@ class ApiClient(SessionHolder):
             lambda body: decode_page(
                 body, requested_offset=offset, requested_limit=limit, id_field=id_field
             ),
+            page_limit=limit if shrinkable else None,
         )
         if page.warnings:  # shown to the user and kept in the manifest
             page = replace(page, warnings=tuple(map(self._key.redact, page.warnings)))
@@ -173,21 +178,28 @@ class ApiClient(SessionHolder):
         segments: Sequence[str],
         query: Mapping[str, str | int],
         decode: Callable[[bytes], T],
+        *,
+        page_limit: int | None = None,
     ) -> T:
         url = URL(f"{self._base}/{path_of(*segments)}", encoded=True).with_query(
             {k: str(v) for k, v in query.items()}
         )
 
         async def attempt() -> T:
-            async with self._concurrency, self.budget.slot(endpoint):
-                status, headers, body = await self._fetch(url)
-            self._observe_limits(headers)
-            if 200 <= status < 300:
-                try:
-                    return decode(body)
-                except HyperStudyBulkError as error:  # its message may quote the body
-                    raise self._redacted(error) from None
-            raise self._error(status, headers, body)
+            try:
+                async with self._concurrency, self.budget.slot(endpoint):
+                    status, headers, body = await self._fetch(url)
+                self._observe_limits(headers)
+                if 200 <= status < 300:
+                    try:
+                        return decode(body)
+                    except HyperStudyBulkError as error:  # its message may quote the body
+                        raise self._redacted(error) from None
+                raise self._error(status, headers, body)
+            except (ApiError, TransportError) as error:
+                if page_limit is not None and too_large(error, page_limit):
+                    raise PageTooLarge(error) from None
+                raise
 
         where = path_of(*segments) + (f" offset {query['offset']}" if "offset" in query else "")
         return await call_with_retries(

@@ -14,7 +14,7 @@ import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
@@ -24,6 +24,7 @@ from hyperstudy_bulk.errors import ConfigError
 
 PRODUCTION_BASE_URL = "https://api.hyperstudy.io/api/v3"
 ENV_PREFIX = "HYPERSTUDY_"
+AUTO = "auto"
 
 
 class ApiKey:
@@ -76,7 +77,8 @@ class Settings:
     data_types: tuple[DataType, ...] = ALL_DATA_TYPES
     granularity: Granularity = Granularity.AUTO
     concurrency: int = 16
-    page_size: int = 1000
+    page_size: int | Literal["auto"] = "auto"
+    max_page_size: int = 10_000
     rate_limit_per_hour: int = 1000
     rate_limit_per_minute_per_endpoint: int = 100
     rate_limit_time_scale: float = 1.0
@@ -95,6 +97,11 @@ class Settings:
     verbose: bool = False
     allow_insecure_http: bool = False
 
+    @property
+    def fixed_page_size(self) -> int | None:
+        """`--page-size N`, or None for auto."""
+        return None if self.page_size == AUTO else int(self.page_size)
+
 
 def _whole(minimum: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
@@ -105,6 +112,20 @@ def _whole(minimum: int) -> Callable[[str], int]:
         if value < minimum:
             raise ValueError(f"must be a whole number >= {minimum}")
         return value
+
+    return parse
+
+
+def _whole_or_auto(minimum: int) -> Callable[[str], int | str]:
+    whole = _whole(minimum)
+
+    def parse(text: str) -> int | str:
+        if text.strip().lower() == AUTO:
+            return AUTO
+        try:
+            return whole(text)
+        except ValueError:
+            raise ValueError(f"must be auto or a whole number >= {minimum}") from None
 
     return parse
 
@@ -211,7 +232,16 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("concurrency", _whole(1), "HTTP requests in flight at once", metavar="N"),
     Option(
-        "page_size", _whole(1), "records asked for per page (the server may cap it)", metavar="N"
+        "page_size",
+        _whole_or_auto(1),
+        "records asked for per page, or auto (the largest the server grants, up to max_page_size)",
+        metavar="N|auto",
+    ),
+    Option(
+        "max_page_size",
+        _whole(1),
+        "records the first page of each data type asks for (auto)",
+        metavar="N",
     ),
     Option(
         "rate_limit_per_hour", _whole(1), "requests per hour allowed for the API key", metavar="N"

@@ -106,7 +106,8 @@ class Manifest:
     snapshot_end_time: str
     """The latest snapshot: every time-ordered stream is archived up to this moment (UTC)."""
     granularity: str
-    page_size: int
+    page_size: int | str
+    """The --page-size asked for: a number, or "auto" (then `page_sizes` holds what worked)."""
     data_types: list[str]
     created_at: str
     updated_at: str
@@ -116,6 +117,9 @@ class Manifest:
     """Every crawl's endTime, oldest first; `--update` appends one (window i of a stream holds
     the records from snapshots[i-1] to snapshots[i])."""
     requests: dict[str, Any] = field(default_factory=dict)
+    page_sizes: dict[str, int] = field(default_factory=dict)
+    """Each data type's page size that worked (auto): the next run (resume, --update) starts
+    from it."""
     media: list[MediaEntry] = field(default_factory=list)
     """The recordings' media files (archives made before media support have none)."""
     format: str = FORMAT

@@ -70,6 +70,7 @@ def merge_parts(folder: Path) -> Manifest:
         ),
         media=sorted((m for p in parts for m in p.media), key=lambda m: m.path),
         requests=_summed([p.requests for p in parts]),
+        page_sizes=_smallest([p.page_sizes for p in parts]),
     )
     merged.complete = {s.key for s in merged.streams} == set(owners) and all(
         s.status == "complete" for s in merged.streams
@@ -77,6 +78,16 @@ def merge_parts(folder: Path) -> Manifest:
     with archive_lock(folder):  # no plain download writes the manifest meanwhile
         merged.save(folder, MANIFEST_NAME)
     return merged
+
+
+def _smallest(learned: list[dict[str, int]]) -> dict[str, int]:
+    """Each data type's page size that worked in every part that learned one (the smallest is
+    the one the server surely accepts when --update resumes from the merged manifest)."""
+    sizes: dict[str, int] = {}
+    for part in learned:
+        for folder, size in part.items():
+            sizes[folder] = min(size, sizes.get(folder, size))
+    return dict(sorted(sizes.items()))
 
 
 def _summed(figures: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Fetch one stream's pages: the first alone, then the rest several at a time, handed on in order.
 
-The first page tells the total and the effective limit; from then on up to `lookahead()` pages
+The first page tells the total and the effective limit (its size comes from `PageSizes`: the
+largest the server grants, see pagesize.py); from then on up to `lookahead()` pages
 are in flight (asked before each page, so a stream may look further ahead as others finish),
 their offsets guessed with `pagination.next_requests` and checked against what the server says.
 Pages keep their records as the JSON text served (nothing is decoded into Python objects), and
@@ -18,6 +19,8 @@ from typing import Any
 import msgspec
 
 from hyperstudy_bulk.client import ApiClient
+from hyperstudy_bulk.errors import HyperStudyBulkError
+from hyperstudy_bulk.pagesize import PageSizes
 from hyperstudy_bulk.pagination import check_progress, next_requests
 from hyperstudy_bulk.plan import StreamSpec
 
@@ -52,7 +55,7 @@ async def fetch_stream(
     params: Mapping[str, str],
     *,
     start: int = 0,
-    page_size: int,
+    page_sizes: PageSizes,
     lookahead: Callable[[], int],
     on_chunk: Callable[[Chunk], Awaitable[None]],
     progress: StreamProgress,
@@ -60,14 +63,36 @@ async def fetch_stream(
     """Fetch every page of `spec` from offset `start`, awaiting `on_chunk` for each in order.
 
     Raises the first error a page ends with (after its retries); pages still in flight are
-    cancelled, so cancelling this coroutine leaves nothing running.
+    cancelled, so cancelling this coroutine leaves nothing running. A page refused or failing
+    for its size is asked again at the smaller size `page_sizes` gives.
     """
     id_field = spec.data_type.id_field
+    data_type = spec.data_type.folder
+    auto = page_sizes.fixed is None
+    stride = 1
 
     async def fetch(offset: int, limit: int) -> Chunk:
-        progress.requests += 1
-        page = await api.get_page(
-            spec.endpoint, spec.segments, params, offset=offset, limit=limit, id_field=id_field
+        nonlocal stride
+        while True:
+            progress.requests += 1
+            try:
+                page = await api.get_page(
+                    spec.endpoint,
+                    spec.segments,
+                    params,
+                    offset=offset,
+                    limit=limit,
+                    id_field=id_field,
+                    shrinkable=auto,
+                )
+                break
+            except HyperStudyBulkError as error:
+                smaller = page_sizes.smaller(data_type, limit, error)
+                if smaller is None:
+                    raise
+                limit = stride = smaller
+        page_sizes.granted(
+            data_type, asked=limit, limit=page.limit, returned=page.returned, more=page.has_more
         )
         check_progress(offset=page.offset, end=page.end, total=page.total, has_more=page.has_more)
         return Chunk(
@@ -85,7 +110,10 @@ async def fetch_stream(
         progress.warnings.extend(w for w in chunk.warnings if w not in progress.warnings)
         await on_chunk(chunk)
 
-    chunk = await fetch(start, page_size)
+    try:
+        chunk = await fetch(start, await page_sizes.first_limit(data_type))
+    finally:
+        page_sizes.settled(data_type)
     await accept(chunk)
     stride = max(1, chunk.limit)
     in_flight: dict[int, tuple[int, asyncio.Task[Chunk]]] = {}
@@ -114,7 +142,12 @@ async def fetch_stream(
 
 
 async def stream_ids(
-    api: ApiClient, spec: StreamSpec, params: Mapping[str, str], *, page_size: int, lookahead: int
+    api: ApiClient,
+    spec: StreamSpec,
+    params: Mapping[str, str],
+    *,
+    page_sizes: PageSizes,
+    lookahead: int,
 ) -> tuple[list[Any], int]:
     """Page through a stream only for its records' ids (and its total), writing nothing:
     discovery of rooms and participants when their listings are not archived."""
@@ -130,7 +163,7 @@ async def stream_ids(
         api,
         spec,
         params,
-        page_size=page_size,
+        page_sizes=page_sizes,
         lookahead=lambda: lookahead,
         on_chunk=collect,
         progress=StreamProgress(),

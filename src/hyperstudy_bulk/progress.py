@@ -115,7 +115,9 @@ class Monitor:
     budget: Budget | None = None
     """The request budget the run is under: what it holds back and how long what is left
     takes under it."""
-    page_size: int = 0
+    page_size: Callable[[str], int] = lambda data_type: 0
+    """Records per page a data type (folder name) is fetched at: what its requests left are
+    counted in (learned during the run with --page-size auto)."""
 
     def of(self, data_type: str) -> TypeProgress:
         return self.types.setdefault(data_type, TypeProgress())
@@ -139,8 +141,8 @@ class Monitor:
         records came while nothing was held back, so neither a pause in the budget inflates
         it nor a slow network leaves it to the budget alone."""
         left = {
-            figures.endpoint: figures.requests_left(self.page_size)
-            for figures in self.types.values()
+            figures.endpoint: figures.requests_left(self.page_size(name))
+            for name, figures in self.types.items()
             if figures.endpoint
         }
         budget = self.budget

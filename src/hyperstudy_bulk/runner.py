@@ -51,6 +51,7 @@ from hyperstudy_bulk.media import (
     plan_media,
     recording_rows,
 )
+from hyperstudy_bulk.pagesize import PageSizes
 from hyperstudy_bulk.part_files import PartNumbers, sweep
 from hyperstudy_bulk.plan import Room, StreamSpec, choose_granularity, plan_streams
 from hyperstudy_bulk.progress import Monitor
@@ -144,15 +145,22 @@ class _Run:
     media_due: bool = False
     """Media files are wanted and their fetching has not finished: not complete yet."""
     entries: dict[tuple[str, int], StreamEntry] = field(default_factory=dict)
+    page_sizes: PageSizes = field(init=False)
     segments: SegmentRunner = field(init=False)
 
     def __post_init__(self) -> None:
         self.entries = {(entry.key, entry.window): entry for entry in self.manifest.streams}
+        self.page_sizes = PageSizes(
+            fixed=self.settings.fixed_page_size,
+            maximum=self.settings.max_page_size,
+            learned=self.manifest.page_sizes,
+        )
         self.segments = SegmentRunner(
             self.api,
             self.settings,
             self.folder,
             self.monitor,
+            self.page_sizes,
             before_first_write=lambda: self.save(force=True, create=True),
             numbers=PartNumbers(self.folder, self.manifest),
         )
@@ -203,7 +211,8 @@ class _Run:
         spec = segment.spec
         paths = self.earlier_files(spec, segment.window)
         if spec.data_type.time_filtered:
-            return set(ids_in(paths[-1:], spec.data_type.id_field, last=self.settings.page_size))
+            last = self.page_sizes.largest()
+            return set(ids_in(paths[-1:], spec.data_type.id_field, last=last))
         return set(ids_in(paths, spec.data_type.id_field))
 
     async def run_stream(
@@ -261,6 +270,7 @@ class _Run:
             self.manifest.updated_at = iso_utc(datetime.now(UTC))
             due = self.records_due or self.media_due
             self.manifest.complete = is_complete(self.manifest) and not due
+            self.manifest.page_sizes = self.page_sizes.learned
             stats = self.api.stats
             self.manifest.requests = {
                 "sent": stats.requests,
@@ -403,6 +413,7 @@ async def _archive_into(
     monitor.experiment_id = experiment_id
     media = settings.media or settings.media_only
     run = _Run(api, settings, folder, manifest, monitor, manifest_name=name, media_due=media)
+    monitor.page_size = run.page_sizes.expected
     try:
         if assignment is not None:
             manifest.granularity = assignment.granularity.value
@@ -439,7 +450,7 @@ async def _crawl(run: _Run) -> None:
         settings.data_types,
         rooms,
         totals={},
-        page_size=settings.page_size,
+        page_size=run.page_sizes.expected(ROOMS.folder),
         rooms_complete=rooms_complete,
     )
     if granularity is not Granularity.EXPERIMENT and not rooms_complete:

@@ -31,6 +31,7 @@ from hyperstudy_bulk.config import Settings
 from hyperstudy_bulk.errors import HyperStudyBulkError, StorageError, ends_run
 from hyperstudy_bulk.manifest import Checkpoint, FileEntry, StreamEntry, load_checkpoint
 from hyperstudy_bulk.pager import Chunk, StreamProgress, fetch_stream, stream_ids
+from hyperstudy_bulk.pagesize import PageSizes
 from hyperstudy_bulk.pagination import Kept, drop_repeats
 from hyperstudy_bulk.part_files import PartNumbers
 from hyperstudy_bulk.plan import StreamSpec
@@ -111,6 +112,7 @@ class SegmentRunner:
     settings: Settings
     folder: Path
     monitor: Monitor
+    page_sizes: PageSizes
     before_first_write: Callable[[], None]
     numbers: PartNumbers
     _wrote: bool = False
@@ -329,7 +331,7 @@ class SegmentRunner:
                 segment.spec,
                 segment.params,
                 start=checkpoint.next_offset,
-                page_size=self.settings.page_size,
+                page_sizes=self.page_sizes,
                 lookahead=self._fair_share,
                 on_chunk=accept,
                 progress=progress,
@@ -353,7 +355,7 @@ class SegmentRunner:
                 self.api,
                 segment.spec,
                 segment.params,
-                page_size=self.settings.page_size,
+                page_sizes=self.page_sizes,
                 lookahead=self.settings.concurrency,
             )
         except HyperStudyBulkError as error:

@@ -265,7 +265,7 @@ async def survey_job(
             for g in options
         ]
         per_candidate = [
-            weigh_streams(c, totals=survey.totals, page_size=settings.page_size) for c in candidates
+            weigh_streams(c, totals=survey.totals, page_size=survey.page_size) for c in candidates
         ]
         auto = settings.granularity is Granularity.AUTO
         pick = finest_useful(per_candidate, shards) if auto else 0

@@ -1,6 +1,8 @@
 """`hyperstudy-bulk plan`: what a download would fetch and how long the budget makes it take,
-learned with a few cheap requests (the room list and one 1-record page per data type) and
-without writing anything."""
+learned with a few cheap requests (the room list, one 1-record page per data type, and with
+`--page-size auto` one empty page past the end of the largest data type asking for
+`--max-page-size`, whose answer tells the page size the server grants) and without writing
+anything."""
 
 from __future__ import annotations
 
@@ -9,9 +11,10 @@ from dataclasses import dataclass
 from hyperstudy_bulk.client import ApiClient
 from hyperstudy_bulk.config import Granularity, Settings
 from hyperstudy_bulk.datatypes import PARTICIPANTS, RECORDINGS, ROOMS, DataType
-from hyperstudy_bulk.errors import ApiError
+from hyperstudy_bulk.errors import ApiError, HyperStudyBulkError
 from hyperstudy_bulk.media import MINT_ENDPOINT
 from hyperstudy_bulk.pager import stream_ids
+from hyperstudy_bulk.pagesize import PageSizes
 from hyperstudy_bulk.plan import (
     RequestBudget,
     Room,
@@ -35,6 +38,8 @@ class Survey:
     granularity: Granularity
     streams: list[StreamSpec]
     requests_by_type: dict[DataType, int]
+    page_size: int
+    """Records per page the estimate counts on (the size the server grants, for auto)."""
     seconds: float
     survey_requests: int
     media_files: int = 0
@@ -46,10 +51,42 @@ async def _ids(api: ApiClient, spec: StreamSpec, settings: Settings) -> tuple[li
         api,
         spec,
         spec.params(end_time=None),
-        page_size=settings.page_size,
+        page_sizes=PageSizes(fixed=settings.fixed_page_size, maximum=settings.max_page_size),
         lookahead=settings.concurrency,
     )
     return [str(i) for i in ids if i is not None], total
+
+
+async def granted_page_size(
+    api: ApiClient, settings: Settings, experiment_id: str, totals: dict[DataType, int]
+) -> int:
+    """The page size a download would settle on: the fixed one, or for auto what the server
+    grants when asked for the maximum (an empty page past the end of the largest data type,
+    shrunk as a download would on a refusal)."""
+    if settings.fixed_page_size is not None:
+        return settings.fixed_page_size
+    data_type = max(totals, key=lambda dt: totals[dt])
+    spec = plan_streams(experiment_id, [data_type], Granularity.EXPERIMENT, [])[0]
+    sizes = PageSizes(fixed=None, maximum=settings.max_page_size)
+    limit = settings.max_page_size
+    while True:
+        try:
+            page = await api.get_page(
+                spec.endpoint,
+                spec.segments,
+                {},
+                offset=totals[data_type],
+                limit=limit,
+                shrinkable=True,
+            )
+        except HyperStudyBulkError as error:
+            smaller = sizes.smaller(data_type.folder, limit, error)
+            if smaller is None:
+                raise
+            limit = smaller
+            continue
+        sizes.granted(data_type.folder, asked=limit, limit=page.limit, returned=0, more=False)
+        return sizes.expected(data_type.folder)
 
 
 async def survey_experiment(api: ApiClient, settings: Settings, experiment_id: str) -> Survey:
@@ -73,12 +110,13 @@ async def survey_experiment(api: ApiClient, settings: Settings, experiment_id: s
         spec = plan_streams(experiment_id, [data_type], Granularity.EXPERIMENT, [])[0]
         page = await api.get_page(spec.endpoint, spec.segments, {}, offset=0, limit=1)
         totals[data_type] = page.total
+    page_size = await granted_page_size(api, settings, experiment_id, totals)
     granularity = choose_granularity(
         settings.granularity,
         settings.data_types,
         rooms,
         totals=totals,
-        page_size=settings.page_size,
+        page_size=page_size,
         rooms_complete=rooms_complete,
     )
     if granularity is Granularity.PARTICIPANT:
@@ -88,7 +126,7 @@ async def survey_experiment(api: ApiClient, settings: Settings, experiment_id: s
         ]
     requests = {
         data_type: estimate_type_requests(
-            granularity, data_type, rooms, total=totals.get(data_type), page_size=settings.page_size
+            granularity, data_type, rooms, total=totals.get(data_type), page_size=page_size
         )
         for data_type in settings.data_types
     }
@@ -110,6 +148,7 @@ async def survey_experiment(api: ApiClient, settings: Settings, experiment_id: s
         granularity=granularity,
         streams=plan_streams(experiment_id, settings.data_types, granularity, rooms),
         requests_by_type=requests,
+        page_size=page_size,
         seconds=estimate_seconds(by_endpoint, budget),
         survey_requests=api.stats.requests - before,
         media_files=media_files,

@@ -26,6 +26,7 @@ from hyperstudy_bulk.simulator.dataset import DATA_TYPES, Dataset
 from hyperstudy_bulk.simulator.errors import (
     ApiError,
     Forbidden,
+    GatewayTimeout,
     InvalidParameter,
     NotFound,
     RateLimited,
@@ -92,6 +93,8 @@ class Reply:
     body: bytes
     content_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
+    records: int = 0
+    """Records served: the server's time for the page grows with them (`record_us`)."""
 
 
 @dataclass(frozen=True)
@@ -221,6 +224,17 @@ def _int_param(request: web.Request, name: str, default: int, minimum: int) -> i
     return value
 
 
+def _limit_param(sim: Simulator, request: web.Request) -> int:
+    """The page size served: `limit` capped at max_page_size, or refused above it."""
+    limit = _int_param(request, "limit", 1000, 1)
+    maximum = sim.config.max_page_size
+    if limit > maximum and sim.config.oversize_limit == "reject":
+        raise InvalidParameter("limit", limit, f"integer between 1 and {maximum}", max=maximum)
+    if limit > maximum and sim.config.oversize_limit == "timeout":
+        raise GatewayTimeout()
+    return min(limit, maximum)
+
+
 def _choice(request: web.Request, name: str, choices: tuple[str, ...], default: str) -> str:
     value = request.query.get(name, default)
     if value not in choices:
@@ -247,7 +261,7 @@ def health(sim: Simulator, request: web.Request, args: tuple[str, ...], short: b
 def list_experiments(
     sim: Simulator, request: web.Request, args: tuple[str, ...], short: bool
 ) -> Reply:
-    limit = min(_int_param(request, "limit", 1000, 1), sim.config.max_page_size)
+    limit = _limit_param(sim, request)
     offset = _int_param(request, "offset", 0, 0)
     search = request.query.get("search", "").casefold()
     rows = [r for r in sim.dataset.experiments() if search in r["name"].casefold()]
@@ -288,7 +302,7 @@ def data_page(sim: Simulator, request: web.Request, args: tuple[str, ...], short
     """GET /data/{type}/{scope}/{id}: one page in json, ndjson or csv."""
     data_type, scope, scope_id = args
     q = request.query
-    limit = min(_int_param(request, "limit", 1000, 1), sim.config.max_page_size)
+    limit = _limit_param(sim, request)
     offset = _int_param(request, "offset", 0, 0)
     order = _choice(request, "order", ("asc", "desc"), "asc")
     fmt = _choice(request, "format", tuple(_FORMATS), "json")
@@ -325,7 +339,7 @@ def data_page(sim: Simulator, request: web.Request, args: tuple[str, ...], short
     pagination = envelope.pagination(total, returned, limit, offset)
     if fmt != "json":
         headers = envelope.pagination_headers(pagination)
-        return Reply(200, body, _FORMATS[fmt] + "; charset=utf-8", headers)
+        return Reply(200, body, _FORMATS[fmt] + "; charset=utf-8", headers, returned)
     if sim.config.bare_pagination:
         pagination = {k: pagination[k] for k in ("total", "offset", "hasMore")}
     processing: dict[str, Any] = {}
@@ -350,7 +364,7 @@ def data_page(sim: Simulator, request: web.Request, args: tuple[str, ...], short
     warnings = ds.warnings(data_type, scope)
     if warnings:
         meta["_warnings"] = warnings
-    return Reply(200, envelope.success(body, meta))
+    return Reply(200, envelope.success(body, meta), records=returned)
 
 
 def _now_ms(sim: Simulator) -> int:
@@ -462,6 +476,8 @@ class Dispatcher:
 
     def __init__(self, sim: Simulator) -> None:
         self.sim = sim
+        capacity = sim.config.capacity
+        self._capacity = asyncio.Semaphore(capacity) if capacity else None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         raw = request.raw_path.partition("?")[0]
@@ -519,12 +535,24 @@ class Dispatcher:
             reply = route.handler(sim, request, route.args, fault == "short-page")
         except ApiError as exc:
             return self.error_response(exc, extra)
+        await self.server_time(reply.records)
         if fault == "badjson":
             reply.body = reply.body[: len(reply.body) // 2] + b"\n<!-- upstream cut -->"
         if fault == "truncate":
             headers = {"Content-Type": reply.content_type, **reply.headers, **extra}
             return await _send_truncated(request, reply.body, headers)
         return _reply_response(reply, extra)
+
+    async def server_time(self, records: int) -> None:
+        """`record_us` per record served, `capacity` pages at a time (the rest queue)."""
+        seconds = records * self.sim.config.record_us / 1e6
+        if seconds <= 0:
+            return
+        if self._capacity is None:
+            await self.sim.sleep(seconds)
+            return
+        async with self._capacity:
+            await self.sim.sleep(seconds)
 
     async def latency(self, key: str, attempt: int) -> None:
         cfg = self.sim.config

@@ -107,9 +107,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-page-size",
         type=int,
-        default=10_000,
+        default=1000,
         metavar="N",
         help="records per page at most, whatever limit a client asks for",
+    )
+    p.add_argument(
+        "--oversize-limit",
+        choices=("cap", "reject", "timeout"),
+        default="cap",
+        help="a larger limit is capped, refused with 400 naming the maximum, or answered 504",
+    )
+    p.add_argument(
+        "--record-us", type=float, default=0.0, metavar="US", help="server time per record"
+    )
+    p.add_argument(
+        "--capacity", type=int, default=0, metavar="N", help="pages worked on at once (0: no limit)"
     )
     p.add_argument(
         "--media-bytes", type=int, default=200_000, metavar="BYTES", help="mean recording size"
@@ -145,6 +157,9 @@ def to_argv(config: SimulatorConfig) -> list[str]:
         f"--rate-window={config.rate_window}",
         f"--faults={config.faults}",
         f"--max-page-size={config.max_page_size}",
+        f"--oversize-limit={config.oversize_limit}",
+        f"--record-us={config.record_us}",
+        f"--capacity={config.capacity}",
         f"--media-bytes={config.media_bytes}",
         f"--media-mbps={config.media_mbps}",
         f"--failed-recordings={config.failed_recordings}",
@@ -190,6 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             rate_window=args.rate_window,
             faults=args.faults,
             max_page_size=args.max_page_size,
+            oversize_limit=args.oversize_limit,
+            record_us=args.record_us,
+            capacity=args.capacity,
             media_bytes=args.media_bytes,
             media_mbps=args.media_mbps,
             failed_recordings=args.failed_recordings,

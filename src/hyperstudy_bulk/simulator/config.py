@@ -9,6 +9,7 @@ from hyperstudy_bulk.simulator.faults import FaultSpec
 
 RateLimit = Literal["off", "production"] | float
 RateWindow = Literal["fixed", "sliding"]
+OversizeLimit = Literal["cap", "reject", "timeout"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -19,6 +20,9 @@ class SimulatorConfig:
     room (heavy types such as eyetracking and continuous ratings get several times more).
     rate_limit "production" applies the documented limits in real time; a float is a time scale
     (60.0 makes the hour window last 60 s and the minute window 1 s, limits unchanged).
+    A `limit` above max_page_size is capped to it (the page says so in `pagination.limit`); with
+    oversize_limit "reject" it is refused with a 400 whose details name the maximum, with
+    "timeout" answered by a 504 (an upstream that cannot produce such a page in time).
     """
 
     seed: int = 0
@@ -31,7 +35,14 @@ class SimulatorConfig:
     rate_limit: RateLimit = "off"
     rate_window: RateWindow = "fixed"
     faults: FaultSpec = field(default_factory=FaultSpec.none)
-    max_page_size: int = 10_000
+    max_page_size: int = 1000
+    oversize_limit: OversizeLimit = "cap"
+    record_us: float = 0.0
+    """Server time per record returned, in microseconds (a page of n records takes n * record_us
+    on top of `latency_ms`)."""
+    capacity: int = 0
+    """Pages the server works on at once (their per-record time); more wait their turn, so
+    latency grows with the requests in flight. 0: no limit."""
     bare_pagination: bool = False
     """Data pages leave out the pagination fields the contract makes optional (`limit`,
     `returned`, `nextOffset`): only `total`, `offset` and `hasMore` remain."""
@@ -54,13 +65,15 @@ class SimulatorConfig:
         for name in ("experiments", "rooms", "participants", "max_page_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        for name in ("records", "media_bytes", "cache_mb"):
+        for name in ("records", "media_bytes", "cache_mb", "capacity"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
-        if self.latency_ms < 0 or self.jitter_ms < 0 or self.media_mbps < 0:
-            raise ValueError("latency_ms, jitter_ms and media_mbps must be >= 0")
+        if min(self.latency_ms, self.jitter_ms, self.media_mbps, self.record_us) < 0:
+            raise ValueError("latency_ms, jitter_ms, media_mbps and record_us must be >= 0")
         if not 0 <= self.failed_recordings <= 1:
             raise ValueError("failed_recordings must be between 0 and 1")
+        if self.oversize_limit not in ("cap", "reject", "timeout"):
+            raise ValueError("oversize_limit must be 'cap', 'reject' or 'timeout'")
         if self.rate_limit not in ("off", "production") and not (
             isinstance(self.rate_limit, int | float) and self.rate_limit > 0
         ):

@@ -27,11 +27,21 @@ class InvalidParameter(ApiError):
     status = 400
     code = "INVALID_PARAMETER"
 
-    def __init__(self, parameter: str, value: object, expected: str) -> None:
+    def __init__(self, parameter: str, value: object, expected: str, **more: object) -> None:
         super().__init__(
             f"Invalid value for parameter '{parameter}'",
-            {"parameter": parameter, "value": value, "expected": expected},
+            {"parameter": parameter, "value": value, "expected": expected, **more},
         )
+
+
+class GatewayTimeout(ApiError):
+    """A page too large for the upstream to produce in time."""
+
+    status = 504
+    code = "GATEWAY_TIMEOUT"
+
+    def __init__(self) -> None:
+        super().__init__("upstream timeout")
 
 
 class Unauthenticated(ApiError):
