@@ -94,7 +94,7 @@ def test_unknown_experiment_exits_2_and_leaves_nothing(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--concurrency", "lots"], "concurrency must be a whole number >= 1"),
+        (["--concurrency", "lots"], "concurrency must be auto or a whole number >= 1"),
         (["--granularity", "session"], "granularity must be one of"),
         (["--data-types", "events,smells"], "unknown data type 'smells'"),
         (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),

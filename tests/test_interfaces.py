@@ -48,7 +48,9 @@ def test_download_help_names_what_each_value_is_and_its_default(
 ) -> None:
     text = " ".join(_help(capsys, "download").split())  # argparse wraps lines
     for shown in (
-        "--concurrency N HTTP requests in flight at once (default: 16)",
+        "--concurrency N|auto HTTP requests in flight at once, or auto (adapts between 4 and 64 "
+        "to the latency) (default: auto)",
+        "--page-size N|auto records asked for per page, or auto",
         "--timeout SECONDS",
         "--part-max-mb MIB",
         "--progress {auto,bar,log,none}",

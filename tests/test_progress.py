@@ -33,12 +33,14 @@ async def test_bars_on_a_terminal_show_records_requests_and_429s() -> None:
     assert "2 x429" in shown
 
 
-def test_a_log_line_carries_records_requests_429s_and_eta() -> None:
+def test_a_log_line_carries_records_requests_the_limit_in_flight_429s_and_eta() -> None:
     stream = io.StringIO()
-    monitor = Monitor(experiment_id="exp1", rate_limited=lambda: 3, retries=lambda: 4)
+    monitor = Monitor(
+        experiment_id="exp1", rate_limited=lambda: 3, retries=lambda: 4, in_flight_limit=lambda: 23
+    )
     figures = monitor.of("chat")
     figures.records, figures.expected, figures.requests, figures.streams = 10, 40, 1, 2
     LogRenderer(monitor, stream).final()
     line = stream.getvalue()
     assert "10/40 records" in line
-    assert "0/2 streams, 1 requests, 3 x 429, 4 retries, ETA" in line
+    assert "0/2 streams, 1 requests (23 at once), 3 x 429, 4 retries, ETA" in line

@@ -21,7 +21,8 @@ from typing import Self, TypeVar
 
 from hyperstudy_bulk.budget import Budget
 from hyperstudy_bulk.client import ApiClient
-from hyperstudy_bulk.config import Settings, load_settings
+from hyperstudy_bulk.concurrency import VegasLimit
+from hyperstudy_bulk.config import AUTO, CONCURRENCY_BOUNDS, Settings, load_settings
 from hyperstudy_bulk.errors import ConfigError
 from hyperstudy_bulk.ledger import SharedBudget
 from hyperstudy_bulk.manifest import Manifest
@@ -57,7 +58,11 @@ def open_client(
             max_pause=settings.max_retry_seconds,
         ),
         retry=RetryPolicy.from_settings(settings),
-        concurrency=settings.concurrency,
+        concurrency=(
+            VegasLimit(minimum=CONCURRENCY_BOUNDS[0], maximum=CONCURRENCY_BOUNDS[1])
+            if settings.concurrency == AUTO
+            else int(settings.concurrency)
+        ),
         timeout=settings.timeout,
         connect_timeout=settings.connect_timeout,
         log=log,
@@ -94,6 +99,7 @@ class Downloader:
     def monitor(self) -> Monitor:
         """A fresh Monitor wired to this downloader's request counters."""
         return Monitor(
+            in_flight_limit=lambda: self.api.concurrency.limit,
             rate_limited=lambda: self.api.budget.counters.rate_limited,
             retries=lambda: sum(self.api.stats.retries.values()),
             budget=self.api.budget,

@@ -8,7 +8,6 @@ before they become exceptions.
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import functools
 import math
@@ -26,6 +25,7 @@ from yarl import URL
 
 from hyperstudy_bulk._version import __version__
 from hyperstudy_bulk.budget import Budget
+from hyperstudy_bulk.concurrency import ConcurrencyGate, VegasLimit
 from hyperstudy_bulk.config import ApiKey
 from hyperstudy_bulk.envelope import Page, decode_error, decode_object, decode_page
 from hyperstudy_bulk.errors import ApiError, HyperStudyBulkError, TlsError, TransportError
@@ -105,7 +105,8 @@ class ApiClient(SessionHolder):
     """`async with ApiClient(...) as api:` then `await api.get_page(...)`.
 
     Usable inside any running event loop; holds no global state. Cancelling a call cancels its
-    HTTP request and returns its budget permits.
+    HTTP request and returns its budget permits. `concurrency` is a fixed number of requests in
+    flight, or a VegasLimit that the requests' latencies and failures adapt.
     """
 
     def __init__(
@@ -115,7 +116,7 @@ class ApiClient(SessionHolder):
         api_key: ApiKey,
         budget: Budget,
         retry: RetryPolicy,
-        concurrency: int,
+        concurrency: int | VegasLimit,
         timeout: float,
         connect_timeout: float,
         log: Callable[[str], None] = lambda message: None,
@@ -124,8 +125,7 @@ class ApiClient(SessionHolder):
         self._key = api_key
         self.budget = budget
         self._retry = retry
-        self._concurrency = asyncio.Semaphore(concurrency)
-        self._pool_size = concurrency
+        self.concurrency = ConcurrencyGate(concurrency)
         self._timeouts = (connect_timeout, timeout)
         self._log = log
         self.stats = RequestStats()
@@ -133,7 +133,7 @@ class ApiClient(SessionHolder):
     def _new_session(self) -> aiohttp.ClientSession:
         connect, read = self._timeouts
         return new_session(
-            pool=self._pool_size,
+            pool=self.concurrency.maximum,
             connect_timeout=connect,
             read_timeout=read,
             accept="application/json",
@@ -162,7 +162,8 @@ class ApiClient(SessionHolder):
             lambda body: decode_page(
                 body, requested_offset=offset, requested_limit=limit, id_field=id_field
             ),
-            page_limit=limit if shrinkable else None,
+            limit=limit,
+            shrinkable=shrinkable,
         )
         if page.warnings:  # shown to the user and kept in the manifest
             page = replace(page, warnings=tuple(map(self._key.redact, page.warnings)))
@@ -179,7 +180,8 @@ class ApiClient(SessionHolder):
         query: Mapping[str, str | int],
         decode: Callable[[bytes], T],
         *,
-        page_limit: int | None = None,
+        limit: int = 0,
+        shrinkable: bool = False,
     ) -> T:
         url = URL(f"{self._base}/{path_of(*segments)}", encoded=True).with_query(
             {k: str(v) for k, v in query.items()}
@@ -187,8 +189,18 @@ class ApiClient(SessionHolder):
 
         async def attempt() -> T:
             try:
-                async with self._concurrency, self.budget.slot(endpoint):
-                    status, headers, body = await self._fetch(url)
+                async with (
+                    self.concurrency.slot(kind=limit) as timing,
+                    self.budget.slot(endpoint),
+                ):
+                    timing.sent()
+                    try:
+                        status, headers, body = await self._fetch(url)
+                    except TransportError:
+                        timing.failed()
+                        raise
+                    if status != 429:
+                        timing.answered(overloaded=status >= 500)
                 self._observe_limits(headers)
                 if 200 <= status < 300:
                     try:
@@ -197,7 +209,7 @@ class ApiClient(SessionHolder):
                         raise self._redacted(error) from None
                 raise self._error(status, headers, body)
             except (ApiError, TransportError) as error:
-                if page_limit is not None and too_large(error, page_limit):
+                if shrinkable and too_large(error, limit):
                     raise PageTooLarge(error) from None
                 raise
 

@@ -25,6 +25,8 @@ from hyperstudy_bulk.errors import ConfigError
 PRODUCTION_BASE_URL = "https://api.hyperstudy.io/api/v3"
 ENV_PREFIX = "HYPERSTUDY_"
 AUTO = "auto"
+CONCURRENCY_BOUNDS = (4, 64)
+"""The requests in flight an adaptive (`auto`) concurrency stays within."""
 
 
 class ApiKey:
@@ -76,7 +78,7 @@ class Settings:
     out: Path = Path("hyperstudy-archive")
     data_types: tuple[DataType, ...] = ALL_DATA_TYPES
     granularity: Granularity = Granularity.AUTO
-    concurrency: int = 16
+    concurrency: int | Literal["auto"] = "auto"
     page_size: int | Literal["auto"] = "auto"
     max_page_size: int = 10_000
     rate_limit_per_hour: int = 1000
@@ -230,7 +232,12 @@ OPTIONS: tuple[Option, ...] = (
         "scope to fetch at: experiment, room, participant, or auto (fewest requests)",
         metavar=choices_text(Granularity),
     ),
-    Option("concurrency", _whole(1), "HTTP requests in flight at once", metavar="N"),
+    Option(
+        "concurrency",
+        _whole_or_auto(1),
+        "HTTP requests in flight at once, or auto (adapts between 4 and 64 to the latency)",
+        metavar="N|auto",
+    ),
     Option(
         "page_size",
         _whole_or_auto(1),

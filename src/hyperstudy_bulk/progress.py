@@ -106,6 +106,8 @@ class Monitor:
     media: MediaProgress = field(default_factory=MediaProgress)
     started: float = field(default_factory=time.monotonic)
     rate_limited: Callable[[], int] = lambda: 0
+    in_flight_limit: Callable[[], int] = lambda: 0
+    """Requests allowed in flight now (adaptive with --concurrency auto)."""
     retries: Callable[[], int] = lambda: 0
     on_page: Callable[[str, int], None] = lambda data_type, records: None
     """Called after each page is written (data type folder, records in the page): for
@@ -224,7 +226,8 @@ class LogRenderer(Renderer):
         streams = sum(t.streams for t in m.types.values())
         line = (
             f"[{m.experiment_id} {elapsed:6.0f}s] {m.records:,}/{m.expected:,} records, "
-            f"{done}/{streams} streams, {m.requests:,} requests, {m.rate_limited()} x 429, "
+            f"{done}/{streams} streams, {m.requests:,} requests ({m.in_flight_limit()} at once), "
+            f"{m.rate_limited()} x 429, "
             f"{m.retries()} retries, ETA {_duration(eta)}"
         )
         if (wait := m.waiting()) is not None:

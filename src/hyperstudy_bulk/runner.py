@@ -279,6 +279,7 @@ class _Run:
                 "retries": dict(stats.retries),
                 "rate_limited": self.api.budget.counters.rate_limited,
                 "paused_seconds": round(self.api.budget.counters.paused_seconds, 3),
+                "in_flight_limit": self.api.concurrency.limit,
             }
             try:
                 self.manifest.save(self.folder, self.manifest_name)
@@ -515,7 +516,7 @@ async def _refetch(run: _Run, entries: Sequence[StreamEntry]) -> None:
     async def one(entry: StreamEntry) -> None:
         await run.run_stream(_spec_of(entry), window=entry.window)
 
-    await _pool(entries, run.settings.concurrency, one)
+    await _pool(entries, run.api.concurrency.typical, one)
 
 
 def _spec_of(entry: StreamEntry) -> StreamSpec:
@@ -604,8 +605,9 @@ async def _run_all(
     specs: Sequence[StreamSpec],
     job: Callable[[StreamSpec], Awaitable[object]] | None = None,
 ) -> None:
-    """Run `specs` in the current window on at most `concurrency` workers."""
-    await _pool(specs, run.settings.concurrency, job or run.run_stream)
+    """Run `specs` in the current window on as many workers as requests may be in flight
+    (where an adaptive limit starts: as it grows, pages look further ahead instead)."""
+    await _pool(specs, run.api.concurrency.typical, job or run.run_stream)
 
 
 async def _pool(items: Sequence[T], workers: int, work: Callable[[T], Awaitable[object]]) -> None:

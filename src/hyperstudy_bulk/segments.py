@@ -119,17 +119,20 @@ class SegmentRunner:
     _fetching: int = 0
     """Segments fetching pages right now: they share the `concurrency` requests in flight."""
     _unwritten: asyncio.Semaphore = field(init=False)
-    """A slot per page fetched but not yet on disk, shared by every segment: `concurrency`
-    slots, so a slow disk holds that many pages in memory in all, not that many per stream."""
+    """A slot per page fetched but not yet on disk, shared by every segment: as many as
+    requests may ever be in flight, so a slow disk holds that many pages in memory in all,
+    not that many per stream."""
 
     def __post_init__(self) -> None:
-        self._unwritten = asyncio.Semaphore(max(1, self.settings.concurrency))
+        self._unwritten = asyncio.Semaphore(max(1, self.api.concurrency.maximum))
 
     def _fair_share(self) -> int:
-        """Pages one segment may have in flight: an equal share of `concurrency`, at least one.
+        """Pages one segment may have in flight: an equal share of the requests in flight the
+        client allows now (adaptive with `--concurrency auto`), at least one.
         A crawl of many streams then has about one page per stream in flight (what a crash can
         cost), and the last big stream gets every connection to itself."""
-        return max(1, -(-self.settings.concurrency // max(1, self._fetching)))  # rounded up
+        limit = self.api.concurrency.limit
+        return max(1, -(-limit // max(1, self._fetching)))  # rounded up
 
     async def fill(
         self,
@@ -356,7 +359,7 @@ class SegmentRunner:
                 segment.spec,
                 segment.params,
                 page_sizes=self.page_sizes,
-                lookahead=self.settings.concurrency,
+                lookahead=self.api.concurrency.typical,
             )
         except HyperStudyBulkError as error:
             if ends_run(error):

@@ -52,7 +52,7 @@ async def _ids(api: ApiClient, spec: StreamSpec, settings: Settings) -> tuple[li
         spec,
         spec.params(end_time=None),
         page_sizes=PageSizes(fixed=settings.fixed_page_size, maximum=settings.max_page_size),
-        lookahead=settings.concurrency,
+        lookahead=api.concurrency.typical,
     )
     return [str(i) for i in ids if i is not None], total
 
