@@ -107,7 +107,11 @@ def _add_options(parser: argparse.ArgumentParser, *, skip: frozenset[str] = froz
             )
         else:
             parser.add_argument(
-                option.flag, dest=option.name, metavar=option.metavar, help=_with_default(option)
+                option.flag,
+                dest=option.name,
+                metavar=option.metavar,
+                action="append" if option.repeatable else "store",
+                help=_with_default(option),
             )
 
 
@@ -119,6 +123,10 @@ def _with_default(option: Option) -> str:
         return option.help
     if isinstance(default, bool):
         shown = "on" if default else "off"
+    elif default is None:
+        shown = "none"
+    elif default == ():
+        shown = "all"
     elif isinstance(default, tuple):
         shown = "all" if default == ALL_DATA_TYPES else ",".join(map(str, default))
     else:

@@ -21,6 +21,7 @@ from dotenv import dotenv_values
 
 from hyperstudy_bulk.datatypes import ALL_DATA_TYPES, DataType, data_type_named, data_type_names
 from hyperstudy_bulk.errors import ConfigError
+from hyperstudy_bulk.timespec import TimeBound, parse_time_bound
 
 PRODUCTION_BASE_URL = "https://api.hyperstudy.io/api/v3"
 ENV_PREFIX = "HYPERSTUDY_"
@@ -77,6 +78,10 @@ class Settings:
     base_url: str = PRODUCTION_BASE_URL
     out: Path = Path("hyperstudy-archive")
     data_types: tuple[DataType, ...] = ALL_DATA_TYPES
+    room: tuple[str, ...] = ()
+    participant: tuple[str, ...] = ()
+    since: TimeBound | None = None
+    until: TimeBound | None = None
     granularity: Granularity = Granularity.AUTO
     concurrency: int | Literal["auto"] = "auto"
     page_size: int | Literal["auto"] = "auto"
@@ -178,6 +183,13 @@ def _data_types(text: str) -> tuple[DataType, ...]:
     return tuple(chosen)
 
 
+def _ids(text: str) -> tuple[str, ...]:
+    ids = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    if not ids:
+        raise ValueError("must name at least one id (repeat the option or separate ids by commas)")
+    return ids
+
+
 def _base_url(text: str) -> str:
     url = text.strip().rstrip("/")
     parts = urlsplit(url)
@@ -196,6 +208,10 @@ class Option:
     metavar: str = "VALUE"
     """What the value is, as --help shows it: N, SECONDS, MIB, the choices, ..."""
     secret: bool = False
+    repeatable: bool = False
+    """A flag that may be given several times (its values join as if comma-separated)."""
+    example: str = ""
+    """A TOML value shown (commented out) in config.example.toml for options with no default."""
 
     @property
     def flag(self) -> str:
@@ -226,6 +242,32 @@ OPTIONS: tuple[Option, ...] = (
     Option("base_url", _base_url, "API base URL", metavar="URL"),
     Option("out", Path, "folder that receives one sub-folder per experiment", metavar="DIR"),
     Option("data_types", _data_types, "comma-separated data types to archive", metavar="TYPES"),
+    Option(
+        "room",
+        _ids,
+        "only these rooms (repeat, or separate ids by commas): every data type at room scope",
+        repeatable=True,
+        example='["ROOM_ID", "ANOTHER_ROOM_ID"]',
+    ),
+    Option(
+        "participant",
+        _ids,
+        "only these participants of the one --room given (participant scope)",
+        repeatable=True,
+        example='["PARTICIPANT_ID"]',
+    ),
+    Option(
+        "since",
+        parse_time_bound,
+        "only records from this time on: ISO 8601, or a span ago such as 2h or 7d",
+        example='"7d"',
+    ),
+    Option(
+        "until",
+        parse_time_bound,
+        "only records before this time: ISO 8601, or a span ago such as 1h",
+        example='"2026-03-01T09:00:00Z"',
+    ),
     Option(
         "granularity",
         _choice(Granularity),
@@ -339,6 +381,8 @@ def _parse(option: Option, raw: object, source: str) -> Any:
 def _toml_to_text(raw: object, option: Option, source: str) -> str:
     if isinstance(raw, ApiKey):
         return raw.reveal()
+    if isinstance(raw, TimeBound):
+        return raw.text
     if isinstance(raw, os.PathLike):
         return str(os.fspath(raw))
     if isinstance(raw, tuple):
@@ -466,9 +510,12 @@ def example_config() -> str:
     ]
     for option in OPTIONS:
         lines.append(f"# {option.help}")
-        lines.append(
-            ("# " if option.secret else "") + f"{option.name} = {_toml_literal(option.default)}"
-        )
+        if option.example:
+            lines.append(f"# {option.name} = {option.example}   (default: none)")
+        else:
+            lines.append(
+                ("# " if option.secret else "") + f"{option.name} = {_toml_literal(option.default)}"
+            )
         lines.append("")
     return "\n".join(lines).rstrip("\n") + "\n"
 

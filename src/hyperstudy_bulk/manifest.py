@@ -61,6 +61,8 @@ class StreamEntry:
     """Ids the server itself returned twice within one page (counted in its total)."""
     overlap: int = 0
     """Records not written again because an earlier window of the archive holds them."""
+    excluded: int = 0
+    """Listing records left out because they lie outside the archive's selection."""
     refetches: int = 0
     warnings: list[str] = field(default_factory=list)
     files: list[FileEntry] = field(default_factory=list)
@@ -122,6 +124,9 @@ class Manifest:
     from it."""
     media: list[MediaEntry] = field(default_factory=list)
     """The recordings' media files (archives made before media support have none)."""
+    selection: dict[str, Any] | None = None
+    """The part of the experiment archived (rooms, participants, since/until; see
+    selection.py), or None for all of it."""
     format: str = FORMAT
     tool: dict[str, str] = field(
         default_factory=lambda: {"name": "hyperstudy-bulk", "version": __version__}
@@ -175,6 +180,8 @@ class Checkpoint:
     """Ids repeated within one response: duplicates in the server's own data."""
     overlap: int = 0
     """Records the archive already held (the edge of an earlier window, a known entity)."""
+    excluded: int = 0
+    """Listing records outside the archive's selection (not written)."""
     files: list[FileEntry] = field(default_factory=list)
     part: FileEntry | None = None
     recent_ids: list[Any] = field(default_factory=list)

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 from hyperstudy_bulk.client import ApiClient
 from hyperstudy_bulk.config import Granularity, Settings
-from hyperstudy_bulk.datatypes import PARTICIPANTS, ROOMS, Scope, data_type_named
+from hyperstudy_bulk.datatypes import PARTICIPANTS, ROOMS, DataType, Scope, data_type_named
 from hyperstudy_bulk.errors import ApiError, ConfigError, HyperStudyBulkError, StorageError
 from hyperstudy_bulk.lock import archive_lock, exclusive
 from hyperstudy_bulk.manifest import (
@@ -56,7 +56,9 @@ from hyperstudy_bulk.part_files import PartNumbers, sweep
 from hyperstudy_bulk.plan import Room, StreamSpec, choose_granularity, plan_streams
 from hyperstudy_bulk.progress import Monitor
 from hyperstudy_bulk.segments import OnIds, Segment, SegmentRunner, ids_in, summarise
+from hyperstudy_bulk.selection import Selection
 from hyperstudy_bulk.sinks import legacy_name, safe_name
+from hyperstudy_bulk.timespec import iso_utc
 
 T = TypeVar("T")
 ROOMS_LISTING_CAP = 5000
@@ -65,10 +67,6 @@ ROOMS_LISTING_CAP = 5000
 
 class ExperimentNotFound(HyperStudyBulkError):
     """The API does not know the experiment id (404 on its room listing)."""
-
-
-def iso_utc(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def experiment_folder(out: Path, experiment_id: str) -> Path:
@@ -147,8 +145,10 @@ class _Run:
     entries: dict[tuple[str, int], StreamEntry] = field(default_factory=dict)
     page_sizes: PageSizes = field(init=False)
     segments: SegmentRunner = field(init=False)
+    selection: Selection = field(init=False)
 
     def __post_init__(self) -> None:
+        self.selection = Selection.from_manifest(self.manifest.selection)
         self.entries = {(entry.key, entry.window): entry for entry in self.manifest.streams}
         self.page_sizes = PageSizes(
             fixed=self.settings.fixed_page_size,
@@ -170,16 +170,20 @@ class _Run:
         return len(self.manifest.snapshots) - 1
 
     def segment(self, spec: StreamSpec, window: int) -> Segment:
-        """The stream over snapshot window `window`. A stream the manifest knows keeps its
-        files' names, even ones an earlier version gave."""
+        """The stream over snapshot window `window`, cut to the archive's selection. A stream
+        the manifest knows keeps its files' names, even ones an earlier version gave."""
         windows = [self.entries.get((spec.key, w)) for w in range(window + 1)]
         archived = next((e.stem for e in windows if e is not None and e.stem), spec.stem)
         spec = replace(spec, stem=archived)
+        start, end = self.selection.window(
+            self.manifest.snapshots[window - 1] if window else None, self.manifest.snapshots[window]
+        )
         return Segment(
             spec,
             window,
-            start_time=self.manifest.snapshots[window - 1] if window else None,
-            end_time=self.manifest.snapshots[window],
+            start_time=start,
+            end_time=end,
+            keep=self.selection.keep(spec),
         )
 
     def entry_for(self, segment: Segment) -> StreamEntry:
@@ -314,9 +318,11 @@ def _open_manifest(
     *,
     update: bool,
     name: str = MANIFEST_NAME,
+    asked: Selection,
 ) -> tuple[Manifest, bool]:
     """The archive's manifest `name` (new, resumed, or with a new window for `update`), and
-    whether it was already complete before this run."""
+    whether it was already complete before this run. The selection `asked` must be the
+    archive's (an update asking for none continues the archive's)."""
     existing = _existing_manifest(folder, name)
     if existing is None:
         if update:
@@ -331,8 +337,10 @@ def _open_manifest(
             data_types=[dt.folder for dt in settings.data_types],
             created_at=moment,
             updated_at=moment,
+            selection=asked.to_manifest(),
         )
         return manifest, False
+    Selection.from_manifest(existing.selection).check_same(asked, folder, update=update)
     requested = settings.granularity
     if requested is not Granularity.AUTO and existing.granularity not in ("auto", requested):
         raise ConfigError(
@@ -406,10 +414,12 @@ async def _archive_into(
 ) -> Manifest:
     if settings.media_only and not (folder / MANIFEST_NAME).exists():
         raise ConfigError(f"--media-only: {folder} holds no archive; download its records first")
-    moment = assignment.snapshot if assignment else iso_utc(now or datetime.now(UTC))
+    now = now or datetime.now(UTC)
+    moment = assignment.snapshot if assignment else iso_utc(now)
     name = assignment.manifest_name if assignment else MANIFEST_NAME
+    asked = Selection.from_settings(settings, now)
     manifest, was_complete = _open_manifest(
-        folder, settings, experiment_id, moment, update=update, name=name
+        folder, settings, experiment_id, moment, update=update, name=name, asked=asked
     )
     monitor.experiment_id = experiment_id
     media = settings.media or settings.media_only
@@ -442,10 +452,31 @@ async def _archive_into(
 async def _crawl(run: _Run) -> None:
     """Discover, plan and fetch every stream's current window."""
     settings, manifest = run.settings, run.manifest
-    rooms, rooms_complete = await _discover_rooms(run)
     requested = settings.granularity
     if manifest.granularity != Granularity.AUTO.value:
         requested = Granularity(manifest.granularity)
+    if run.selection.narrows_rooms:
+        rooms, granularity, discovered = await _discover_selected(run, requested)
+    else:
+        rooms, granularity, discovered = await _discover_all(run, requested)
+    manifest.granularity = granularity.value
+    specs = plan_streams(manifest.experiment_id, settings.data_types, granularity, rooms)
+    planned = [spec for spec in specs if spec.data_type not in discovered]
+    for spec in planned:
+        run.monitor.of(spec.data_type.folder).planned += 1
+    await _run_all(run, planned)
+    await _refetch(
+        run, [e for e in manifest.streams if e.window < run.window and e.status != "complete"]
+    )
+
+
+async def _discover_all(
+    run: _Run, requested: Granularity
+) -> tuple[list[Room], Granularity, set[DataType]]:
+    """Every room (and participant, at participant granularity) of the experiment, the
+    granularity to fetch at, and the listings discovery archived on the way."""
+    settings, manifest = run.settings, run.manifest
+    rooms, rooms_complete = await _discover_rooms(run)
     granularity = choose_granularity(
         requested,
         settings.data_types,
@@ -459,18 +490,47 @@ async def _crawl(run: _Run) -> None:
             f"--granularity {granularity} needs the full room list of "
             f"{manifest.experiment_id!r}, which the API did not give; use --granularity experiment"
         )
-    manifest.granularity = granularity.value
     if granularity is Granularity.PARTICIPANT:
-        rooms = await _discover_participants(run, rooms)
-    discovered = {ROOMS, PARTICIPANTS} if granularity is Granularity.PARTICIPANT else {ROOMS}
-    specs = plan_streams(manifest.experiment_id, settings.data_types, granularity, rooms)
-    planned = [spec for spec in specs if spec.data_type not in discovered]
-    for spec in planned:
-        run.monitor.of(spec.data_type.folder).planned += 1
-    await _run_all(run, planned)
-    await _refetch(
-        run, [e for e in manifest.streams if e.window < run.window and e.status != "complete"]
+        return await _discover_participants(run, rooms), granularity, {ROOMS, PARTICIPANTS}
+    return rooms, granularity, {ROOMS}
+
+
+async def _discover_selected(
+    run: _Run, requested: Granularity
+) -> tuple[list[Room], Granularity, set[DataType]]:
+    """The selection's rooms (and participants), checked against the listings before any
+    data is fetched: an unknown id raises ConfigError naming it. The listings are only read
+    here; they are archived later like any stream, keeping only the selection."""
+    selection, experiment = run.selection, run.manifest.experiment_id
+    granularity = selection.granularity(requested)
+    rooms_listing = plan_streams(experiment, [ROOMS], Granularity.EXPERIMENT, [])[0]
+    listed = await _listed_ids(run, rooms_listing)
+    selection.unknown_rooms(experiment, listed)
+    if selection.participants:
+        room = selection.rooms_to_fetch()
+        spec = plan_streams(experiment, [PARTICIPANTS], Granularity.ROOM, room)[0]
+        selection.unknown_participants(await _listed_ids(run, spec))
+        return room, granularity, set()
+    rooms = selection.rooms_to_fetch()
+    if granularity is Granularity.PARTICIPANT:
+        return await _discover_participants(run, rooms), granularity, {PARTICIPANTS}
+    return rooms, granularity, set()
+
+
+async def _listed_ids(run: _Run, spec: StreamSpec) -> list[str]:
+    """Every id a listing holds now, read without writing (404 on the room listing: the
+    experiment does not exist)."""
+    ids: list[str] = []
+    failure = await run.run_stream(
+        spec, write=False, on_ids=lambda found: ids.extend(str(i) for i in found if i is not None)
     )
+    if isinstance(failure, ApiError) and failure.status == 404 and spec.data_type is ROOMS:
+        raise ExperimentNotFound(
+            f"experiment {run.manifest.experiment_id!r} was not found (HTTP 404): check the id"
+        )
+    if failure is not None:
+        raise failure
+    return ids
 
 
 async def _refetch_changed(run: _Run) -> None:
@@ -479,16 +539,17 @@ async def _refetch_changed(run: _Run) -> None:
     again the segments whose totals changed (records that arrived late)."""
     manifest = run.manifest
     before = run.api.stats.requests
-    experiment = manifest.experiment_id
+    experiment, end = manifest.experiment_id, manifest.snapshot_end_time
     changed: list[StreamEntry] = []
     for name in manifest.data_types:
         data_type = data_type_named(name)
         entries = [e for e in manifest.streams if e.data_type == name]
         if not data_type.time_filtered or not entries:
             continue
-        spec = plan_streams(experiment, [data_type], Granularity.EXPERIMENT, [])[0]
         archived = sum(e.server_total or 0 for e in entries)
-        if await _total(run, spec, {"endTime": manifest.snapshot_end_time}) == archived:
+        probes = run.selection.probe_specs(experiment, data_type)
+        held = [await _total(run, s, run.selection.probe_params(s, end)) for s in probes]
+        if sum(held) == archived:
             continue
         for entry in entries:
             if await _total(run, _spec_of(entry), entry.params) != entry.server_total:
@@ -533,7 +594,12 @@ def _spec_of(entry: StreamEntry) -> StreamSpec:
 async def _total(run: _Run, spec: StreamSpec, params: dict[str, str]) -> int:
     """The stream's total over `params`' window: one request, counted for its data type."""
     run.monitor.of(spec.data_type.folder).requests += 1
-    page = await run.api.get_page(spec.endpoint, spec.segments, params, offset=0, limit=1)
+    return await total_of(run.api, spec, params)
+
+
+async def total_of(api: ApiClient, spec: StreamSpec, params: dict[str, str]) -> int:
+    """The server's count of a stream's records matching `params` (one 1-record request)."""
+    page = await api.get_page(spec.endpoint, spec.segments, params, offset=0, limit=1)
     return page.total
 
 

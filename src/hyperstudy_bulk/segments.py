@@ -57,6 +57,9 @@ class Segment:
     window: int
     start_time: str | None
     end_time: str
+    keep: frozenset[str] | None = None
+    """Ids of a listing's records to write (None: every one): a selection's rooms or
+    participants."""
 
     @property
     def key(self) -> str:
@@ -209,7 +212,10 @@ class SegmentRunner:
                 if not checkpoint.done:
                     await self._fetch(segment, checkpoint, sink, known_ids, on_ids)
                 expected = (
-                    (checkpoint.total or 0) - checkpoint.server_duplicates - checkpoint.overlap
+                    (checkpoint.total or 0)
+                    - checkpoint.server_duplicates
+                    - checkpoint.overlap
+                    - checkpoint.excluded
                 )
                 if checkpoint.records == expected:
                     await uninterrupted(functools.partial(self._publish, sink, checkpoint))
@@ -310,6 +316,10 @@ class SegmentRunner:
             if kept is not None and len(kept.indices) < len(records):
                 records = [records[i] for i in kept.indices]
                 ids = [ids[i] for i in kept.indices]
+            if segment.keep is not None:
+                inside = [i for i, identifier in enumerate(ids) if identifier in segment.keep]
+                checkpoint.excluded += len(ids) - len(inside)
+                records, ids = [records[i] for i in inside], [ids[i] for i in inside]
             data = ndjson(records)
             _advance(checkpoint, chunk, kept, len(records), progress)
             if not self._wrote:
@@ -453,6 +463,7 @@ def summarise_progress(entry: StreamEntry, checkpoint: Checkpoint) -> None:
     entry.duplicates_dropped = checkpoint.duplicates
     entry.server_duplicates = checkpoint.server_duplicates
     entry.overlap = checkpoint.overlap
+    entry.excluded = checkpoint.excluded
     entry.refetches = checkpoint.refetches
     entry.warnings = checkpoint.warnings
     part = checkpoint.part

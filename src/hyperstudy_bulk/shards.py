@@ -45,8 +45,9 @@ from hyperstudy_bulk.plan import (
     split_by_weight,
     weigh_streams,
 )
-from hyperstudy_bulk.runner import Assignment, experiment_folder, iso_utc, prepare_folder
+from hyperstudy_bulk.runner import Assignment, experiment_folder, prepare_folder
 from hyperstudy_bulk.survey import survey_experiment
+from hyperstudy_bulk.timespec import iso_utc
 
 SHARDS_DIR = ".shards"
 PLAN_NAME = f"{SHARDS_DIR}/plan.json"
