@@ -541,11 +541,12 @@ async def _plan(settings: Settings, experiment_ids: Sequence[str]) -> int:
         for experiment_id in experiment_ids:
             try:
                 survey = await survey_experiment(downloader.api, settings, experiment_id)
-            except ExperimentNotFound as error:
+            except (ExperimentNotFound, ConfigError) as error:
                 _say(str(error))
                 return EXIT_USAGE
             except AuthError as error:
                 return _refused(error)
+            print(f"{experiment_id}: {survey.selection.describe()}")
             table = Table(
                 title=f"Plan for {experiment_id}: {survey.rooms} rooms, "
                 f"granularity {survey.granularity}, pages of {survey.page_size:,}"

@@ -7,6 +7,7 @@ anything."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from hyperstudy_bulk.client import ApiClient
 from hyperstudy_bulk.config import Granularity, Settings
@@ -24,7 +25,9 @@ from hyperstudy_bulk.plan import (
     estimate_type_requests,
     plan_streams,
 )
-from hyperstudy_bulk.runner import ROOMS_LISTING_CAP, ExperimentNotFound
+from hyperstudy_bulk.runner import ROOMS_LISTING_CAP, ExperimentNotFound, total_of
+from hyperstudy_bulk.selection import Selection
+from hyperstudy_bulk.timespec import iso_utc
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class Survey:
     """Records per page the estimate counts on (the size the server grants, for auto)."""
     seconds: float
     survey_requests: int
+    selection: Selection
     media_files: int = 0
     """Recordings whose media file download would fetch: at most one mint request each."""
 
@@ -89,8 +93,13 @@ async def granted_page_size(
         return sizes.expected(data_type.folder)
 
 
-async def survey_experiment(api: ApiClient, settings: Settings, experiment_id: str) -> Survey:
-    """Discover and count, then plan. Raises ExperimentNotFound for an unknown id."""
+async def survey_experiment(
+    api: ApiClient, settings: Settings, experiment_id: str, *, now: datetime | None = None
+) -> Survey:
+    """Discover and count the selection the settings ask for, then plan. Raises
+    ExperimentNotFound for an unknown id, ConfigError for an unknown room or participant."""
+    now = now or datetime.now(UTC)
+    selection = Selection.from_settings(settings, now)
     before = api.stats.requests
     rooms_spec = plan_streams(experiment_id, [ROOMS], Granularity.EXPERIMENT, [])[0]
     try:
@@ -104,12 +113,22 @@ async def survey_experiment(api: ApiClient, settings: Settings, experiment_id: s
     rooms = [Room(room_id) for room_id in dict.fromkeys(room_ids)]
     rooms_complete = room_total < ROOMS_LISTING_CAP and len(room_ids) == room_total
     totals: dict[DataType, int] = {ROOMS: room_total}
+    if selection.narrows_rooms:
+        selection.unknown_rooms(experiment_id, room_ids)
+        rooms = selection.rooms_to_fetch()
+        totals[ROOMS] = len(rooms)
+    if selection.participants:
+        spec = plan_streams(experiment_id, [PARTICIPANTS], Granularity.ROOM, rooms)[0]
+        selection.unknown_participants((await _ids(api, spec, settings))[0])
+        totals[PARTICIPANTS] = len(selection.participants)
     for data_type in settings.data_types:
-        if data_type is ROOMS:
-            continue
-        spec = plan_streams(experiment_id, [data_type], Granularity.EXPERIMENT, [])[0]
-        page = await api.get_page(spec.endpoint, spec.segments, {}, offset=0, limit=1)
-        totals[data_type] = page.total
+        if data_type not in totals:
+            totals[data_type] = sum(
+                [
+                    await total_of(api, spec, selection.probe_params(spec, iso_utc(now)))
+                    for spec in selection.probe_specs(experiment_id, data_type)
+                ]
+            )
     page_size = await granted_page_size(api, settings, experiment_id, totals)
     granularity = choose_granularity(
         settings.granularity,
@@ -119,7 +138,9 @@ async def survey_experiment(api: ApiClient, settings: Settings, experiment_id: s
         page_size=page_size,
         rooms_complete=rooms_complete,
     )
-    if granularity is Granularity.PARTICIPANT:
+    if selection.narrows_rooms:
+        granularity = selection.granularity(settings.granularity)
+    if granularity is Granularity.PARTICIPANT and not selection.participants:
         rooms = [
             Room(spec.scope_id, tuple((await _ids(api, spec, settings))[0]))
             for spec in plan_streams(experiment_id, [PARTICIPANTS], Granularity.ROOM, rooms)
@@ -152,4 +173,5 @@ async def survey_experiment(api: ApiClient, settings: Settings, experiment_id: s
         seconds=estimate_seconds(by_endpoint, budget),
         survey_requests=api.stats.requests - before,
         media_files=media_files,
+        selection=selection,
     )
