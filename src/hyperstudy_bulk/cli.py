@@ -185,6 +185,25 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=choices_text(ProgressMode),
         help="how progress is shown (default: auto)",
     )
+    watch = commands.add_parser(
+        "watch",
+        help="archive a running experiment and keep adding what arrives",
+        description="Archive the experiment into --out, then every interval add what arrived "
+        "(new records, and late ones stamped before the last snapshot), one line per cycle. "
+        "Ctrl-C or SIGTERM ends it after a consistent cycle; the same command continues.",
+    )
+    watch.add_argument("experiment_id", metavar="EXPERIMENT_ID", help="the experiment to watch")
+    watch.add_argument(
+        "--interval",
+        default="30s",
+        metavar="DURATION",
+        help="time between cycles, e.g. 30s, 5m; stretched when the hourly budget needs it "
+        "(default: 30s)",
+    )
+    watch.add_argument(
+        "--cycles", type=int, metavar="N", help="stop after N cycles (default: until stopped)"
+    )
+    _add_options(watch)
     verify = commands.add_parser(
         "verify",
         help="check an archive against its manifest",
@@ -240,6 +259,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(
             {o.name: getattr(args, o.name, None) for o in OPTIONS}, config_file=args.config
         )
+        if args.command == "watch":
+            from hyperstudy_bulk.cli_watch import watch_command
+
+            watching = watch_command(
+                settings, _check_id(args.experiment_id), args.interval, args.cycles
+            )
+            return asyncio.run(_interruptible(watching))
         if args.command == "plan":
             return asyncio.run(_plan(settings, [_check_id(i) for i in args.experiment_ids]))
         check_targets(args.experiment_ids, all_experiments=args.all_experiments, update=args.update)
@@ -429,6 +455,23 @@ async def update_command(settings: Settings, folders: Sequence[str]) -> int:
     return worst
 
 
+def failure_code(error: HyperStudyBulkError, experiment_id: str) -> int:
+    """Say in one line why archiving `experiment_id` stopped; its exit code."""
+    if isinstance(error, ExperimentNotFound | ConfigError | TlsError):
+        _say(str(error))
+        return EXIT_USAGE
+    if isinstance(error, AuthError):
+        return _refused(error)
+    if isinstance(error, StorageError):
+        _say(str(error))
+        return EXIT_STORAGE
+    if isinstance(error, BusyError):
+        _say(str(error))
+        return EXIT_BUSY
+    _say(f"{experiment_id}: {error}")
+    return EXIT_INCOMPLETE
+
+
 async def _archive_one(
     downloader: Downloader,
     experiment_id: str,
@@ -452,20 +495,8 @@ async def _archive_one(
                 assignment=assignment,
             ),
         )
-    except (ExperimentNotFound, ConfigError, TlsError) as error:
-        _say(str(error))
-        return EXIT_USAGE
-    except AuthError as error:
-        return _refused(error)
-    except StorageError as error:
-        _say(str(error))
-        return EXIT_STORAGE
-    except BusyError as error:
-        _say(str(error))
-        return EXIT_BUSY
     except HyperStudyBulkError as error:
-        _say(f"{experiment_id}: {error}")
-        return EXIT_INCOMPLETE
+        return failure_code(error, experiment_id)
     out.print(summary_table(manifest, monitor))
     media = settings.media or settings.media_only
     if assignment is not None and manifest.complete:

@@ -1,8 +1,9 @@
 """The data types an experiment archive holds, and what the API calls them.
 
 `path` is the URL segment (`/data/{path}/{scope}/{id}`), `folder` the archive folder name,
-`id_field` the record field that identifies a record (for de-duplication), and `scopes` the
-scopes the API serves the type at (contract §3.1).
+`id_field` the record field that identifies a record (for de-duplication), `scopes` the
+scopes the API serves the type at (contract §3.1), and `time_field` the field its time filters
+apply to.
 """
 
 from __future__ import annotations
@@ -28,13 +29,15 @@ class DataType:
     scopes: frozenset[Scope] = ALL_SCOPES
     time_filtered: bool = True
     """Whether a crawl may bound it with endTime: listings of mutable entities are not."""
+    time_field: str = "timestamp"
+    """The record field startTime/endTime filter on (a recording's is its start)."""
 
     def __str__(self) -> str:
         return self.folder
 
 
 EVENTS = DataType("events", "events", "id")
-RECORDINGS = DataType("recordings", "recordings", "recordingId")
+RECORDINGS = DataType("recordings", "recordings", "recordingId", time_field="startTime")
 CHAT = DataType("chat", "chat", "messageId")
 VIDEOCHAT = DataType("videochat", "videochat", "id")
 RATINGS_CONTINUOUS = DataType("ratings/continuous", "ratings-continuous", "ratingId")

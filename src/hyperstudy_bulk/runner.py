@@ -552,7 +552,7 @@ async def _refetch_changed(run: _Run) -> None:
         if sum(held) == archived:
             continue
         for entry in entries:
-            if await _total(run, _spec_of(entry), entry.params) != entry.server_total:
+            if await _total(run, spec_of(entry), entry.params) != entry.server_total:
                 changed.append(entry)
     for entry in manifest.streams:
         if entry not in changed:
@@ -575,12 +575,12 @@ async def _refetch(run: _Run, entries: Sequence[StreamEntry]) -> None:
     """Fetch these stream windows (not the current one) again, the way a first fetch goes."""
 
     async def one(entry: StreamEntry) -> None:
-        await run.run_stream(_spec_of(entry), window=entry.window)
+        await run.run_stream(spec_of(entry), window=entry.window)
 
     await _pool(entries, run.api.concurrency.typical, one)
 
 
-def _spec_of(entry: StreamEntry) -> StreamSpec:
+def spec_of(entry: StreamEntry) -> StreamSpec:
     """The stream an entry of the manifest describes."""
     return StreamSpec(
         data_type_named(entry.data_type),

@@ -45,6 +45,15 @@ class TimeBound:
         return self.text
 
 
+def parse_duration(text: str) -> float:
+    """Seconds from `30s`, `5m`, `1h` or a plain number of seconds (> 0). Raises ValueError."""
+    value = text.strip().lower()
+    relative = _RELATIVE.match(value if not value.isdigit() else value + "s")
+    if not relative or int(relative.group(1)) == 0:
+        raise ValueError("must be a duration such as 30s, 5m or 1h")
+    return timedelta(**{_UNITS[relative.group(2)]: int(relative.group(1))}).total_seconds()
+
+
 def parse_time_bound(text: str) -> TimeBound:
     """`2026-03-01T09:00:00Z`, `2026-03-01`, or a span ago like `30m`, `2h`, `7d`, `1w`.
     Raises ValueError with what is allowed."""
