@@ -19,6 +19,7 @@ from hyperstudy_bulk.api import Downloader
 from hyperstudy_bulk.cli import main
 from hyperstudy_bulk.late import late_spans
 from hyperstudy_bulk.simulator import SimulatorConfig, serve
+from hyperstudy_bulk.simulator.faults import FaultSpec
 from hyperstudy_bulk.simulator.server import SimulatorHandle
 from hyperstudy_bulk.verify import verify_archive
 from hyperstudy_bulk.watch import Cycle, Watcher, cycle_line
@@ -269,6 +270,30 @@ async def test_watching_again_continues_and_a_subset_stays_inside(tmp_path: Path
         assert set(requests) == {f"GET /data/{t}/room/{{id}}" for t in TIME_ORDERED}
         assert requests["GET /data/chat/room/{id}"] == {"200": 1}
         assert requests["GET /data/events/room/{id}"]["200"] <= 8
+
+
+async def test_a_failed_cycle_is_reported_and_the_next_one_catches_up(tmp_path: Path) -> None:
+    async with serve(CONFIG) as sim:
+        exp = sim.experiment_ids[0]
+
+        async def outage_then_recovery(cycle: int) -> None:
+            sim.mutate(exp, "chat", append=2)
+            sim.set_faults(FaultSpec.parse("503=1" if cycle == 1 else ""))
+
+        lines: list[str] = []
+        async with Downloader(settings_for(sim, tmp_path)) as downloader:
+            watcher = _watcher(
+                downloader.api, sim, tmp_path, FakeTime(outage_then_recovery), lines, max_attempts=2
+            )
+            await watcher.run(cycles=2)
+        assert "cycle failed (" in lines[1]
+        assert "HTTP 503" in lines[1]
+        assert lines[1].endswith("the next one retries")
+        assert lines[2].split("  (total")[0][10:] == "+4 chat"
+        folder = archive_folder(tmp_path, exp)
+        assert verify_archive(folder).whole
+        end = manifest_of(tmp_path, exp).snapshot_end_time
+        assert _sorted(read_type(folder, "chat")) == _sorted(_served(sim, "chat", end))
 
 
 def test_cycle_line_is_silent_when_nothing_arrived() -> None:

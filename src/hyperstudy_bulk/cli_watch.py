@@ -9,9 +9,10 @@ archive. Errors end it with `download`'s exit codes and one line.
 from __future__ import annotations
 
 from hyperstudy_bulk.api import Downloader
-from hyperstudy_bulk.cli import EXIT_OK, failure_code
+from hyperstudy_bulk.cli import failure_code
 from hyperstudy_bulk.config import Settings
 from hyperstudy_bulk.errors import ConfigError, HyperStudyBulkError
+from hyperstudy_bulk.exits import EXIT_OK
 from hyperstudy_bulk.timespec import parse_duration
 from hyperstudy_bulk.watch import Watcher
 

@@ -533,6 +533,18 @@ async def _listed_ids(run: _Run, spec: StreamSpec) -> list[str]:
     return ids
 
 
+def time_ordered_holdings(manifest: Manifest) -> list[tuple[DataType, list[StreamEntry], int]]:
+    """Each time-ordered data type the archive holds: its stream windows, and the records the
+    server counted in them when they were archived."""
+    held = []
+    for name in manifest.data_types:
+        data_type = data_type_named(name)
+        entries = [e for e in manifest.streams if e.data_type == name]
+        if data_type.time_filtered and entries:
+            held.append((data_type, entries, sum(e.server_total or 0 for e in entries)))
+    return held
+
+
 async def _refetch_changed(run: _Run) -> None:
     """For a complete archive: ask each time-ordered data type's total over the archived span
     (one request each); only where it moved, check that type's segments one by one, and fetch
@@ -541,12 +553,7 @@ async def _refetch_changed(run: _Run) -> None:
     before = run.api.stats.requests
     experiment, end = manifest.experiment_id, manifest.snapshot_end_time
     changed: list[StreamEntry] = []
-    for name in manifest.data_types:
-        data_type = data_type_named(name)
-        entries = [e for e in manifest.streams if e.data_type == name]
-        if not data_type.time_filtered or not entries:
-            continue
-        archived = sum(e.server_total or 0 for e in entries)
+    for data_type, entries, archived in time_ordered_holdings(manifest):
         probes = run.selection.probe_specs(experiment, data_type)
         held = [await _total(run, s, run.selection.probe_params(s, end)) for s in probes]
         if sum(held) == archived:

@@ -31,16 +31,17 @@ from typing import Any, TypeVar
 
 from hyperstudy_bulk.client import ApiClient
 from hyperstudy_bulk.config import Settings
-from hyperstudy_bulk.datatypes import PARTICIPANTS, ROOMS, DataType, data_type_named
+from hyperstudy_bulk.datatypes import PARTICIPANTS, ROOMS, DataType
+from hyperstudy_bulk.errors import ConfigError, HyperStudyBulkError, ends_run
 from hyperstudy_bulk.late import add_late_records
 from hyperstudy_bulk.manifest import MANIFEST_NAME, Manifest, StreamEntry, load_manifest
-from hyperstudy_bulk.plan import StreamSpec
 from hyperstudy_bulk.progress import Monitor
 from hyperstudy_bulk.runner import (
     archive_experiment,
     experiment_folder,
     prepare_folder,
     spec_of,
+    time_ordered_holdings,
     total_of,
 )
 from hyperstudy_bulk.selection import Selection
@@ -148,11 +149,17 @@ class Watcher:
         while cycles is None or done < cycles:
             due += self.interval
             await self.sleep(max(0.0, due - self.clock()))
-            report = await _finish_before_cancel(self.cycle())
+            done += 1
+            try:
+                report = await _finish_before_cancel(self.cycle())
+            except HyperStudyBulkError as error:
+                if ends_run(error) or isinstance(error, ConfigError):
+                    raise
+                self.say(f"{self.wall():%H:%M:%S}  cycle failed ({error}); the next one retries")
+                continue
             line = cycle_line(report, verbose=self.settings.verbose)
             if line is not None:
                 self.say(line)
-            done += 1
 
     async def cycle(self) -> Cycle:
         """One cycle (see the module's docstring); the archive is complete after it unless a
@@ -182,18 +189,17 @@ class Watcher:
         records after the snapshot."""
         selection = Selection.from_manifest(manifest.selection)
         arrived: list[DataType] = []
-        for name in manifest.data_types:
-            data_type = data_type_named(name)
-            entries = [e for e in manifest.streams if e.data_type == name]
-            if not data_type.time_filtered or not entries:
-                continue
-            archived = sum(entry.server_total or 0 for entry in entries)
+        for data_type, entries, archived in time_ordered_holdings(manifest):
             probes = selection.probe_specs(self.experiment_id, data_type)
-            held_now = await self._totals(selection, probes, iso_utc(now))
+            end = iso_utc(now)
+            held = [await total_of(self.api, s, selection.probe_params(s, end)) for s in probes]
+            held_now = sum(held)
             if held_now == archived:
                 continue
             snapshot = {
-                spec.key: await self._totals(selection, [spec], manifest.snapshot_end_time)
+                spec.key: await total_of(
+                    self.api, spec, selection.probe_params(spec, manifest.snapshot_end_time)
+                )
                 for spec in probes
             }
             if sum(snapshot.values()) > archived:
@@ -201,10 +207,6 @@ class Watcher:
             if held_now > sum(snapshot.values()):
                 arrived.append(data_type)
         return arrived
-
-    async def _totals(self, selection: Selection, probes: list[StreamSpec], end: str) -> int:
-        """The server's count of the selected records the probes cover, stamped before end."""
-        return sum([await total_of(self.api, s, selection.probe_params(s, end)) for s in probes])
 
     async def _add_late(
         self, manifest: Manifest, entries: list[StreamEntry], totals: dict[str, int]
