@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,28 +30,32 @@ TIME_ORDERED = ("events", "eyetracking", "chat")
 
 
 class FakeTime:
-    """A monotonic clock that only moves when the watcher sleeps; `between` runs at each
-    sleep (what the experiment does meanwhile)."""
+    """The watcher's monotonic clock, and the wall clock shared by the watcher and the server,
+    moving only when the watcher sleeps: then `between` runs (what the experiment does
+    meanwhile, stamped at the server's now), and a second passes before the cycle starts."""
 
-    def __init__(self, between: Callable[[int], Awaitable[None]] | None = None) -> None:
+    def __init__(self) -> None:
         self.now = 1000.0
+        self.epoch = datetime(2026, 6, 1, tzinfo=UTC).timestamp()
         self.sleeps: list[float] = []
-        self.between = between
+        self.between: Callable[[int], Awaitable[None]] | None = None
 
     def clock(self) -> float:
         return self.now
 
+    def server_clock(self) -> float:
+        return self.epoch
+
+    def wall(self) -> datetime:
+        return datetime.fromtimestamp(self.epoch, UTC)
+
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         self.now += seconds
+        self.epoch += seconds
         if self.between is not None:
             await self.between(len(self.sleeps))
-
-
-def _wall() -> datetime:
-    """Snapshots a second ahead of the server's clock: records the simulator stamps during
-    the next cycle can then fall before the last snapshot, as late uploads do."""
-    return datetime.now(UTC) + timedelta(seconds=1)
+        self.epoch += 1.0
 
 
 def _watcher(
@@ -68,7 +72,7 @@ def _watcher(
         monitor=lambda: Downloader(settings).monitor(),
         clock=time.clock,
         sleep=time.sleep,
-        wall=_wall,
+        wall=time.wall,
     )
 
 
@@ -83,7 +87,8 @@ def _served(sim: SimulatorHandle, path: str, end: str, **scope: Any) -> list[dic
 
 
 async def test_watch_keeps_the_archive_equal_to_the_server_cycle_by_cycle(tmp_path: Path) -> None:
-    async with serve(CONFIG) as sim:
+    time = FakeTime()
+    async with serve(CONFIG, clock=time.server_clock) as sim:
         exp = sim.experiment_ids[0]
         folder = archive_folder(tmp_path, exp)
         added: dict[int, dict[str, int]] = {}
@@ -105,7 +110,7 @@ async def test_watch_keeps_the_archive_equal_to_the_server_cycle_by_cycle(tmp_pa
                 assert len(got) == append + insert
                 added[cycle][data_type] = len(got)
 
-        time = FakeTime(experiment_runs)
+        time.between = experiment_runs
         lines: list[str] = []
         async with Downloader(settings_for(sim, tmp_path)) as downloader:
             watcher = _watcher(downloader.api, sim, tmp_path, time, lines)
@@ -135,7 +140,8 @@ def _requests(line: str) -> int:
 
 async def test_a_late_record_in_a_long_stream_costs_a_few_requests(tmp_path: Path) -> None:
     config = SimulatorConfig(seed=17, rooms=2, participants=2, records=250)
-    async with serve(config) as sim:
+    time = FakeTime()
+    async with serve(config, clock=time.server_clock) as sim:
         exp = sim.experiment_ids[0]
         lines: list[str] = []
         cycles: list[Cycle] = []
@@ -145,7 +151,7 @@ async def test_a_late_record_in_a_long_stream_costs_a_few_requests(tmp_path: Pat
                 sim.mutate(exp, "events", insert=1)
             sim.reset()
 
-        time = FakeTime(one_late_record)
+        time.between = one_late_record
         async with Downloader(settings_for(sim, tmp_path)) as downloader:
             watcher = _watcher(
                 downloader.api, sim, tmp_path, time, lines, data_types="events", page_size=20
@@ -192,9 +198,9 @@ async def test_bisection_asks_only_the_halves_that_differ() -> None:
 
 async def test_a_short_interval_is_stretched_to_the_budget_without_429s(tmp_path: Path) -> None:
     limited = SimulatorConfig(seed=17, rooms=2, participants=2, records=20, rate_limit="production")
-    async with serve(limited) as sim:
+    time = FakeTime()
+    async with serve(limited, clock=time.server_clock) as sim:
         lines: list[str] = []
-        time = FakeTime()
         options: dict[str, Any] = {
             "rate_limit_per_hour": 100,
             "data_types": "events,eyetracking,chat,sync",
@@ -217,7 +223,8 @@ async def test_a_short_interval_is_stretched_to_the_budget_without_429s(tmp_path
 async def test_cancelling_during_a_cycle_ends_after_it_with_a_whole_archive(
     tmp_path: Path,
 ) -> None:
-    async with serve(CONFIG) as sim:
+    time = FakeTime()
+    async with serve(CONFIG, clock=time.server_clock) as sim:
         exp = sim.experiment_ids[0]
         task: asyncio.Task[None] | None = None
 
@@ -226,7 +233,7 @@ async def test_cancelling_during_a_cycle_ends_after_it_with_a_whole_archive(
             assert task is not None
             asyncio.get_running_loop().call_soon(task.cancel)
 
-        time = FakeTime(stop_mid_cycle)
+        time.between = stop_mid_cycle
         lines: list[str] = []
         async with Downloader(settings_for(sim, tmp_path)) as downloader:
             watcher = _watcher(downloader.api, sim, tmp_path, time, lines)
@@ -239,12 +246,12 @@ async def test_cancelling_during_a_cycle_ends_after_it_with_a_whole_archive(
         assert manifest.complete
         end = manifest.snapshot_end_time
         assert _sorted(read_type(folder, "events")) == _sorted(_served(sim, "events", end))
-        assert len(read_type(folder, "events")) == len(_served(sim, "events", end))
-        assert len(manifest.snapshots) == 2
+        assert len(manifest.snapshots) == 2  # the cycle's update finished
 
 
 async def test_watching_again_continues_and_a_subset_stays_inside(tmp_path: Path) -> None:
-    async with serve(CONFIG) as sim:
+    time = FakeTime()
+    async with serve(CONFIG, clock=time.server_clock) as sim:
         exp = sim.experiment_ids[0]
         rooms = [r["id"] for r in sim.dataset.rooms(exp)]
 
@@ -254,29 +261,31 @@ async def test_watching_again_continues_and_a_subset_stays_inside(tmp_path: Path
 
         lines: list[str] = []
         async with Downloader(settings_for(sim, tmp_path)) as downloader:
-            first = _watcher(downloader.api, sim, tmp_path, FakeTime(), lines, room=rooms[1])
+            first = _watcher(downloader.api, sim, tmp_path, time, lines, room=rooms[1])
             await first.run(cycles=0)
             sim.reset()
-            again = _watcher(
-                downloader.api, sim, tmp_path, FakeTime(both_rooms_grow), lines, room=rooms[1]
-            )
+            time.between = both_rooms_grow
+            again = _watcher(downloader.api, sim, tmp_path, time, lines, room=rooms[1])
             await again.run(cycles=1)
         folder = archive_folder(tmp_path, exp)
         end = manifest_of(tmp_path, exp).snapshot_end_time
         archived = read_type(folder, "events")
         assert archived == _served(sim, "events", end, room=rooms[1])
         assert lines[-1].split("  (total")[0][10:] == "+6 events"
-        # Started again on a complete archive, nothing was fetched again: the cycle asked the
-        # chosen room's totals (the records were stamped before the snapshot one second ahead,
-        # so a bisection found them), never the experiment's.
-        requests = sim.stats()["requests"]
-        assert set(requests) == {f"GET /data/{t}/room/{{id}}" for t in TIME_ORDERED}
-        assert requests["GET /data/chat/room/{id}"] == {"200": 1}
-        assert requests["GET /data/events/room/{id}"]["200"] <= 8
+        # Started again on a complete archive, nothing was fetched again: the cycle asked each
+        # type's total of the chosen room (events: now, before the snapshot, then its new
+        # window), then the room listing (an update), never the experiment's records.
+        assert sim.stats()["requests"] == {
+            "GET /data/events/room/{id}": {"200": 3},
+            "GET /data/eyetracking/room/{id}": {"200": 1},
+            "GET /data/chat/room/{id}": {"200": 1},
+            "GET /data/rooms/experiment/{id}": {"200": 1},
+        }
 
 
 async def test_a_failed_cycle_is_reported_and_the_next_one_catches_up(tmp_path: Path) -> None:
-    async with serve(CONFIG) as sim:
+    time = FakeTime()
+    async with serve(CONFIG, clock=time.server_clock) as sim:
         exp = sim.experiment_ids[0]
 
         async def outage_then_recovery(cycle: int) -> None:
@@ -284,10 +293,9 @@ async def test_a_failed_cycle_is_reported_and_the_next_one_catches_up(tmp_path: 
             sim.set_faults(FaultSpec.parse("503=1" if cycle == 1 else ""))
 
         lines: list[str] = []
+        time.between = outage_then_recovery
         async with Downloader(settings_for(sim, tmp_path)) as downloader:
-            watcher = _watcher(
-                downloader.api, sim, tmp_path, FakeTime(outage_then_recovery), lines, max_attempts=2
-            )
+            watcher = _watcher(downloader.api, sim, tmp_path, time, lines, max_attempts=2)
             await watcher.run(cycles=2)
         assert "cycle failed (" in lines[1]
         assert "HTTP 503" in lines[1]

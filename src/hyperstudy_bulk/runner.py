@@ -499,19 +499,20 @@ async def _discover_selected(
     run: _Run, requested: Granularity
 ) -> tuple[list[Room], Granularity, set[DataType]]:
     """The selection's rooms (and participants), checked against the listings before any
-    data is fetched: an unknown id raises ConfigError naming it. The listings are only read
-    here; they are archived later like any stream, keeping only the selection."""
+    data is fetched (an unknown id raises ConfigError naming it), once: an archive's later
+    windows were checked when it was created. The listings are only read here; they are
+    archived later like any stream, keeping only the selection."""
     selection, experiment = run.selection, run.manifest.experiment_id
     granularity = selection.granularity(requested)
-    rooms_listing = plan_streams(experiment, [ROOMS], Granularity.EXPERIMENT, [])[0]
-    listed = await _listed_ids(run, rooms_listing)
-    selection.unknown_rooms(experiment, listed)
-    if selection.participants:
-        room = selection.rooms_to_fetch()
-        spec = plan_streams(experiment, [PARTICIPANTS], Granularity.ROOM, room)[0]
-        selection.unknown_participants(await _listed_ids(run, spec))
-        return room, granularity, set()
     rooms = selection.rooms_to_fetch()
+    if run.window == 0:
+        rooms_listing = plan_streams(experiment, [ROOMS], Granularity.EXPERIMENT, [])[0]
+        selection.unknown_rooms(experiment, await _listed_ids(run, rooms_listing))
+        if selection.participants:
+            spec = plan_streams(experiment, [PARTICIPANTS], Granularity.ROOM, rooms)[0]
+            selection.unknown_participants(await _listed_ids(run, spec))
+    if selection.participants:
+        return rooms, granularity, set()
     if granularity is Granularity.PARTICIPANT:
         return await _discover_participants(run, rooms), granularity, {PARTICIPANTS}
     return rooms, granularity, set()
