@@ -248,6 +248,7 @@ OPTIONS: tuple[Option, ...] = (
         "only these rooms (repeat, or separate ids by commas): every data type at room scope",
         repeatable=True,
         example='["ROOM_ID", "ANOTHER_ROOM_ID"]',
+        metavar="ROOM_IDS",
     ),
     Option(
         "participant",
@@ -255,18 +256,21 @@ OPTIONS: tuple[Option, ...] = (
         "only these participants of the one --room given (participant scope)",
         repeatable=True,
         example='["PARTICIPANT_ID"]',
+        metavar="PARTICIPANT_IDS",
     ),
     Option(
         "since",
         parse_time_bound,
         "only records from this time on: ISO 8601, or a span ago such as 2h or 7d",
         example='"7d"',
+        metavar="TIME",
     ),
     Option(
         "until",
         parse_time_bound,
         "only records before this time: ISO 8601, or a span ago such as 1h",
         example='"2026-03-01T09:00:00Z"',
+        metavar="TIME",
     ),
     Option(
         "granularity",
