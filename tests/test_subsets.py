@@ -217,7 +217,8 @@ async def test_plan_takes_the_same_selection(
     async with serve(CONFIG) as sim:
         exp = sim.experiment_ids[0]
         room = sim.dataset.rooms(exp)[2]["id"]
-        args = ["plan", exp, *cli_options(sim), "--room", room, "--data-types", "events,chat"]
+        key = ["--api-key", sim.api_key, "--base-url", sim.base_url]
+        args = ["plan", exp, *key, "--room", room, "--data-types", "events,chat"]
         assert await asyncio.to_thread(main, args) == 0
         out = capsys.readouterr().out
         events = len(sim.dataset.records("events", "room", room))
