@@ -224,3 +224,21 @@ async def test_plan_takes_the_same_selection(
         events = len(sim.dataset.records("events", "room", room))
         assert f"{events:,}" in out
         assert f"{exp}: room {room}\n" in out
+
+
+async def test_a_subset_is_not_split_into_shards(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Shards share a plan of whole experiments: a selection would be silently ignored."""
+    async with serve(CONFIG) as sim:
+        exp = sim.experiment_ids[0]
+        room = sim.dataset.rooms(exp)[0]["id"]
+        for subset in (["--room", room], ["--since", "2h"]):
+            capsys.readouterr()
+            args = _cli(sim, tmp_path, *subset, "--shard", "1/2", "--no-media")
+            assert await asyncio.to_thread(main, args) == 2, subset
+            message = capsys.readouterr().err
+            assert "--shard 1/2 splits whole experiments" in message
+            assert message.count("\n") == 1, message
+            assert not archive_folder(tmp_path, exp).exists()
+            assert sim.stats()["requests"] == {}

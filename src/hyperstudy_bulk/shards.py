@@ -170,6 +170,11 @@ async def agree_on_plan(
 ) -> list[ExperimentPlan]:
     """The job's plan, surveyed by whichever shard comes first (`experiment_ids` None: every
     experiment the key can see). Raises ExperimentNotFound, AuthError, ConfigError."""
+    if settings.room or settings.participant or settings.since or settings.until:
+        raise ConfigError(
+            f"--shard {shard} splits whole experiments: drop --room, --participant, --since "
+            "and --until, or download the subset as one process (without --shard)"
+        )
     job = _job_path(settings, experiment_ids, shard.count)
     with contextlib.ExitStack() as held:
         try:
