@@ -31,6 +31,7 @@ from hyperstudy_bulk.client import ApiClient
 from hyperstudy_bulk.config import Settings
 from hyperstudy_bulk.manifest import FileEntry, Manifest, StreamEntry
 from hyperstudy_bulk.pager import Chunk, StreamProgress, fetch_stream
+from hyperstudy_bulk.pagesize import PageSizes
 from hyperstudy_bulk.part_files import PartNumbers
 from hyperstudy_bulk.plan import StreamSpec
 from hyperstudy_bulk.runner import spec_of, total_of
@@ -132,13 +133,19 @@ async def add_late_records(
     async def count(start: str | None, end: str) -> int:
         return await total_of(api, spec, spec.params(start_time=start, end_time=end))
 
+    sizes = PageSizes(
+        fixed=settings.fixed_page_size,
+        maximum=settings.max_page_size,
+        learned=manifest.page_sizes,
+    )
+    page_size = sizes.expected(spec.data_type.folder)
     start, end = entries[0].params.get("startTime"), entries[-1].params["endTime"]
-    spans = await late_spans(stamps, start, end, server_total, count, page_size=settings.page_size)
+    spans = await late_spans(stamps, start, end, server_total, count, page_size=page_size)
     added = 0
     for span in spans:
         for entry, (low, high) in pieces(span, entries):
             records, ids = await _fetch(
-                api, spec, spec.params(start_time=low, end_time=high), settings
+                api, spec, spec.params(start_time=low, end_time=high), sizes
             )
             new = [r for r, i in zip(records, ids, strict=True) if i not in known]
             known.update(ids)
@@ -149,7 +156,7 @@ async def add_late_records(
 
 
 async def _fetch(
-    api: ApiClient, spec: StreamSpec, params: dict[str, str], settings: Settings
+    api: ApiClient, spec: StreamSpec, params: dict[str, str], sizes: PageSizes
 ) -> tuple[list[msgspec.Raw], list[Any]]:
     records: list[msgspec.Raw] = []
     ids: list[Any] = []
@@ -162,7 +169,7 @@ async def _fetch(
         api,
         spec,
         params,
-        page_size=settings.page_size,
+        page_sizes=sizes,
         lookahead=lambda: 1,
         on_chunk=collect,
         progress=StreamProgress(),
