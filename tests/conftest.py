@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +29,27 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--crash-seed-start", type=int, default=0, help="its first seed")
 
 
-@pytest.fixture(autouse=True)
-def _isolated_from_the_runner(
-    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
-) -> None:
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_from_the_runner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Every test builds its settings from what it states: the HYPERSTUDY_* variables of whoever
     runs the suite (HYPERSTUDY_CONFIG among them) are removed, and the working directory is an
     empty folder, so no .env there is read. Tests that want a variable or a .env set their own.
-    SLURM array variables go too: inside an array task every download would be a shard."""
-    for name in list(os.environ):
-        if name.upper().startswith("HYPERSTUDY") or name.startswith("SLURM_ARRAY_"):
-            monkeypatch.delenv(name)
+    SLURM array variables go too: inside an array task every download would be a shard.
+    Session scope, so that module-scoped fixtures (archives built once per module) are isolated
+    as well as tests."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in list(os.environ):
+            if name.upper().startswith("HYPERSTUDY") or name.startswith("SLURM_ARRAY_"):
+                patch.delenv(name)
+        patch.chdir(tmp_path_factory.mktemp("session-cwd"))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _in_an_empty_folder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Each test runs in an empty folder of its own: what one leaves there, the next never reads."""
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
 
 
