@@ -7,14 +7,16 @@ import asyncio
 import io
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import settings_for
 from rich.console import Console
 
+from hyperstudy_bulk import segments
 from hyperstudy_bulk.api import Downloader
 from hyperstudy_bulk.budget import Budget, Wait, WindowState
-from hyperstudy_bulk.progress import BarRenderer, LogRenderer, Monitor
+from hyperstudy_bulk.progress import BarRenderer, LogRenderer, Monitor, TypeProgress
 from hyperstudy_bulk.simulator import SimulatorConfig, serve
 
 SCALE = 1200.0
@@ -113,6 +115,65 @@ async def test_the_eta_early_in_a_budget_bound_run_is_within_a_quarter_of_the_tr
     assert 0.75 <= ratio <= 1.25, (eta, ended - at)
     pauses = [message for message in logged if message.startswith("waiting for the hourly budget")]
     assert len(pauses) == 2, logged  # 31 requests, 12 an hour: two waits for the next hour
+
+
+async def test_pages_received_but_not_yet_written_are_not_counted_as_requests_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer holds the second page, so the pages fetched ahead wait behind it: their
+    requests are spent, and the ETA must not count them again (on a loaded machine that put a
+    whole hour of budget too many in it)."""
+    held = asyncio.Event()
+    put = segments._GroupWriter.put
+    calls = 0
+
+    async def slow_put(writer: segments._GroupWriter, *args: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            await held.wait()
+        await put(writer, *args)
+
+    monkeypatch.setattr(segments._GroupWriter, "put", slow_put)
+    arrived = asyncio.Event()
+    add_in_transit = TypeProgress.add_in_transit
+
+    def count_and_tell(figures: TypeProgress, pages: int) -> None:
+        add_in_transit(figures, pages)
+        arrived.set()
+
+    monkeypatch.setattr(TypeProgress, "add_in_transit", count_and_tell)
+    config = SimulatorConfig(seed=4, rooms=2, participants=2, records=100)
+    async with serve(config) as sim:
+        settings = settings_for(
+            sim,
+            tmp_path,
+            data_types="events",
+            granularity="experiment",
+            page_size=15,
+            concurrency=4,
+            media=False,
+        )
+        async with Downloader(settings) as downloader:
+            monitor = downloader.monitor()
+            run = asyncio.create_task(downloader.archive(sim.experiment_ids[0], monitor=monitor))
+            figures = monitor.of("events")
+
+            def served() -> int:
+                routes = sim.stats()["requests"]
+                return sum(sum(s.values()) for r, s in routes.items() if "/events" in r)
+
+            while not (figures.in_transit >= 3 and served() == 1 + figures.in_transit):
+                arrived.clear()  # until the pages asked ahead have all arrived
+                await arrived.wait()
+            pages = -(-figures.expected // 15)
+            assert figures.records == 15
+            assert figures.requests_left(15) == pages - served()
+            held.set()
+            manifest = await run
+    assert manifest.complete
+    assert figures.in_transit == 0
+    assert figures.records == figures.expected == 441
 
 
 @pytest.mark.parametrize("paused_by", ["429", "reset"])

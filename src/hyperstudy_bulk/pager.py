@@ -47,6 +47,10 @@ class StreamProgress:
 
     requests: int = 0
     warnings: list[str] = field(default_factory=list)
+    in_transit: Callable[[int], None] = lambda pages: None
+    """Told of each page received (+1) and of each handed on or dropped (-1): pages fetched
+    ahead wait behind an earlier page or a busy event loop, and their requests are spent
+    although their records are not counted yet."""
 
 
 async def fetch_stream(
@@ -95,6 +99,7 @@ async def fetch_stream(
             data_type, asked=limit, limit=page.limit, returned=page.returned, more=page.has_more
         )
         check_progress(offset=page.offset, end=page.end, total=page.total, has_more=page.has_more)
+        progress.in_transit(1)
         return Chunk(
             offset=page.offset,
             end=page.end,
@@ -108,7 +113,16 @@ async def fetch_stream(
 
     async def accept(chunk: Chunk) -> None:
         progress.warnings.extend(w for w in chunk.warnings if w not in progress.warnings)
-        await on_chunk(chunk)
+        try:
+            await on_chunk(chunk)
+        finally:
+            progress.in_transit(-1)
+
+    def drop(task: asyncio.Task[Chunk]) -> None:
+        """Cancel a page not needed (any more); one already received leaves transit."""
+        if task.done() and not task.cancelled() and task.exception() is None:
+            progress.in_transit(-1)
+        task.cancel()
 
     try:
         chunk = await fetch(start, await page_sizes.first_limit(data_type))
@@ -133,10 +147,10 @@ async def fetch_stream(
             chunk = await task
             await accept(chunk)
             for offset in [offset for offset in in_flight if offset < chunk.end]:
-                in_flight.pop(offset)[1].cancel()
+                drop(in_flight.pop(offset)[1])
     finally:
         for _, task in in_flight.values():
-            task.cancel()
+            drop(task)
         if in_flight:
             await asyncio.gather(*(task for _, task in in_flight.values()), return_exceptions=True)
 

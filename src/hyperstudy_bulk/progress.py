@@ -48,15 +48,24 @@ class TypeProgress:
     """Streams the plan holds (they start one by one, so `streams` grows towards it)."""
     endpoint: str = ""
     """The budget's name for the data type's route."""
+    in_transit: int = 0
+    """Pages received whose records are not yet counted in `records` (fetched ahead of an
+    earlier page, or not yet handled by a busy event loop)."""
+
+    def add_in_transit(self, pages: int) -> None:
+        self.in_transit += pages
 
     def requests_left(self, page_size: int) -> int:
         """At least one request per stream not finished, and enough pages for the records
-        the servers' totals still promise."""
+        the servers' totals still promise, less the pages received and not yet counted (on
+        a loaded machine a dozen pages can be paid for and not yet counted: counting their
+        requests again put an hour of budget too many in the ETA). Requests on the wire are
+        the budget's to subtract (`Budget.seconds_to_send`)."""
         open_streams = max(self.planned, self.streams) - self.streams_done
         if open_streams <= 0:
             return 0
         pages = -(-max(0, self.expected - self.records) // page_size) if page_size > 0 else 0
-        return max(open_streams, pages)
+        return max(open_streams, pages - self.in_transit)
 
 
 @dataclass

@@ -294,7 +294,11 @@ class SegmentRunner:
     ) -> None:
         name = segment.spec.data_type.folder
         figures = self.monitor.of(name)
-        progress = StreamProgress(requests=checkpoint.requests, warnings=checkpoint.warnings)
+        progress = StreamProgress(
+            requests=checkpoint.requests,
+            warnings=checkpoint.warnings,
+            in_transit=figures.add_in_transit,
+        )
         figures.records += checkpoint.records
         counted_total = False
         counted_requests = progress.requests
