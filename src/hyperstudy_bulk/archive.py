@@ -95,12 +95,26 @@ class Archive:
 def read_lines(path: Path, *, chunk_bytes: int = 1 << 22) -> Iterator[list[bytes]]:
     """The file's lines (newline stripped) in lists of about `chunk_bytes` bytes: a file of any
     size is read with bounded memory, and no line is split between two lists."""
+    for block in read_blocks(path, chunk_bytes=chunk_bytes):
+        yield block_lines(block)
+
+
+def read_blocks(path: Path, *, chunk_bytes: int = 1 << 22) -> Iterator[bytes]:
+    """The file as blocks of whole lines, each about `chunk_bytes` bytes, for readers that
+    parse many lines at once (no line-by-line copy). Each block but the file's last ends with
+    a newline."""
     with path.open("rb") as stream:
         rest = b""
         while piece := stream.read(chunk_bytes):
-            lines = (rest + piece).split(b"\n")
-            rest = lines.pop()
-            if lines:
-                yield lines
+            data = rest + piece
+            cut = data.rfind(b"\n") + 1
+            rest = data[cut:]
+            if cut:
+                yield data[:cut]
         if rest.strip():
-            yield [rest]
+            yield rest
+
+
+def block_lines(block: bytes) -> list[bytes]:
+    """A block's non-empty lines, newlines stripped."""
+    return [line for line in block.split(b"\n") if line]

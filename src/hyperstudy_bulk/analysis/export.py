@@ -2,13 +2,14 @@
 memory, with the columns `load()` gives.
 
 Batches in, row groups out: records are read a few MiB at a time, converted to `load()`'s
-columns (by pyarrow's JSON reader where the values are plain, else exactly as frames.py converts
-them; see `_tables`), and spooled as Arrow tables to uncompressed Arrow IPC files beside the
-output. A field that first appears late, or whose type widens (an integer column that later
-holds a missing value), only changes the schema: once every batch is spooled their schemas are
-unified (`pyarrow.unify_schemas`, permissive), and each spooled batch, cast to that one schema
-(absent columns as nulls), becomes a row group of the Parquet file or rows of the CSV.
-Memory holds one batch; the spool costs one write and one memory-mapped read of the data.
+columns (by pyarrow's JSON reader where pandas would give the same, else exactly as frames.py
+converts them; see `_tables`), and spooled as Arrow tables to uncompressed Arrow IPC files
+beside the output. A field that first appears late, or whose type widens (an integer column
+that later holds a missing value), only changes the schema: once every batch is spooled their
+schemas are unified (`pyarrow.unify_schemas`, permissive), and each spooled batch, cast to that
+one schema (absent columns as nulls), becomes a row group of the Parquet file or rows of the
+CSV. Memory holds one batch per data type being exported (two at once, see `WORKERS`); the
+spool costs one write and one memory-mapped read of the data.
 
 Nested values that are not flattened (`response`, `config`, `recipientIds`, the objects behind
 `metadata_*` columns, ...) and columns whose values mix types are written as JSON text,
@@ -21,7 +22,9 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,13 +39,16 @@ from hyperstudy_bulk.analysis.frames import (
     sdk_frame,
 )
 from hyperstudy_bulk.analysis.records import Record
-from hyperstudy_bulk.archive import Archive, ArchiveError, read_lines
+from hyperstudy_bulk.archive import Archive, ArchiveError, block_lines, read_blocks, read_lines
 from hyperstudy_bulk.datatypes import DataType, Scope
 from hyperstudy_bulk.manifest import StreamEntry
 
 FORMATS = ("parquet", "csv")
 JSON_COLUMNS_KEY = b"hyperstudy_bulk.json_columns"
 BATCH_ROWS = 25_000
+WORKERS = 2
+"""Data types exported at once: pyarrow parses and writes without the GIL, so one data type's
+C++ work overlaps another's Python (the exact path), on two cores or more."""
 PARQUET_INSTALL = "pip install 'hyperstudy-bulk[parquet]'"
 
 
@@ -103,14 +109,34 @@ def export_archive(
         for kind in kinds:
             archive.require_complete(kind)
     destination.mkdir(parents=True, exist_ok=True)
-    written = []
-    for kind in kinds:
+    stop = threading.Event()
+
+    def export(kind: DataType) -> Exported:
         target = destination / f"{kind.folder}.{fmt}"
-        rows = _export_type(pa, archive, kind, target, fmt, batch_rows, allow_incomplete)
-        done = Exported(kind.folder, target, rows)
-        on_done(done)
-        written.append(done)
+        rows = _export_type(pa, archive, kind, target, fmt, batch_rows, allow_incomplete, stop)
+        return Exported(kind.folder, target, rows)
+
+    largest_first = sorted(kinds, key=lambda kind: -_archived_bytes(archive, kind))
+    with ThreadPoolExecutor(WORKERS, thread_name_prefix="export") as pool:
+        running = {kind: pool.submit(export, kind) for kind in largest_first}
+        try:
+            written = []
+            for kind in kinds:
+                written.append(running[kind].result())
+                on_done(written[-1])
+        except BaseException:
+            stop.set()  # the others stop at their next batch, leaving no file
+            pool.shutdown(cancel_futures=True)
+            raise
     return written
+
+
+def _archived_bytes(archive: Archive, kind: DataType) -> int:
+    return sum(listed.entry.bytes for s in archive.streams(kind) for listed in archive.files(s))
+
+
+class _Stopped(Exception):
+    """Another data type's export failed: this one stops too."""
 
 
 @dataclass
@@ -136,11 +162,14 @@ def _export_type(
     fmt: str,
     batch_rows: int,
     allow_incomplete: bool,
+    stop: threading.Event,
 ) -> int:
     spool_dir = Path(tempfile.mkdtemp(prefix=f".{kind.folder}.", dir=target.parent))
     try:
         spool = _Spool(spool_dir)
         for table, json_columns in _tables(pa, archive, kind, batch_rows, allow_incomplete):
+            if stop.is_set():
+                raise _Stopped
             path = spool_dir / f"{len(spool.paths):06d}.arrow"
             with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
                 w.write_table(table)
@@ -167,9 +196,9 @@ def _tables(
     """The data type as Arrow tables holding `load()`'s columns, with their JSON columns.
 
     Fast path: an experiment-scope data type whose first record has nothing to flatten is
-    parsed by pyarrow's JSON reader, a few MiB at a time (C++, on every core), and only its
-    timestamp columns go through pandas (`to_datetime`, as the SDK does). The first chunk the
-    reader cannot give plain columns for (a nested object or list, a type that changes, a
+    parsed by pyarrow's JSON reader a few MiB at a time (C++, without the GIL; see `_Columnar`),
+    its nested values taken as JSON text from the decoded lines. The first block the reader
+    cannot give `load()`'s columns for (a type that changes, text it takes for a time, a
     timestamp that is not text) sends the rest of the data type down the exact path: decoded
     records -> the SDK's DataFrame -> Arrow. Both give the same columns and values; the spool's
     schema unification makes their types agree."""
@@ -182,20 +211,21 @@ def _tables(
         for frame in frames:
             yield _to_arrow(pa, frame)
         return
-    exact = False
+    columnar = _Columnar(pa)
     for stream in streams:
         for listed in archive.files(stream):
-            for chunk in read_lines(listed.path):
-                for start in range(0, len(chunk), batch_rows):
-                    lines = chunk[start : start + batch_rows]
-                    table = None if exact else _columnar(pa, lines)
-                    if table is None:
-                        exact = True
-                        frame = sdk_frame(list(map(orjson.loads, lines)))
-                        if len(frame.columns):
-                            yield _to_arrow(pa, frame)
-                    else:
-                        yield table, set()
+            for block in read_blocks(listed.path):
+                converted = columnar.read(block)
+                if converted is not None:
+                    table, json_columns = converted
+                    for start in range(0, table.num_rows, batch_rows):
+                        yield table.slice(start, batch_rows), json_columns
+                    continue
+                lines = block_lines(block)
+                for start in range(0, len(lines), batch_rows):
+                    frame = sdk_frame(list(map(orjson.loads, lines[start : start + batch_rows])))
+                    if len(frame.columns):
+                        yield _to_arrow(pa, frame)
 
 
 def _first_record(archive: Archive, streams: list[StreamEntry]) -> Record | None:
@@ -207,34 +237,120 @@ def _first_record(archive: Archive, streams: list[StreamEntry]) -> Record | None
     return None
 
 
-def _columnar(pa: Any, lines: list[bytes]) -> Any:
-    """The lines as a table of `load()`'s columns, or None when only the exact path can say
-    what pandas would make of them."""
-    try:
-        table = pa.json.read_json(pa.py_buffer(b"\n".join(lines)))
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return None
+ISO_UTC = r"^[1-9]\d{3}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{1,6}Z$"
+"""Text that `pandas.to_datetime` parses, whatever the column's other values of this shape, to
+the microsecond in UTC, as Arrow's cast does (a date that does not exist fails the cast)."""
+
+
+class _Columnar:
+    """Blocks of NDJSON lines as tables of `load()`'s columns, by pyarrow's JSON reader, until
+    a block needs the exact path (then, and for every later block, `read` gives None).
+
+    Each block's column types are given to the reader for the next block: parsing against
+    known types takes about half the time of inferring them. A block whose values do not fit
+    them (the reader refuses it) is read again with inference, so the types are the ones
+    inference gives."""
+
+    def __init__(self, pa: Any) -> None:
+        self.pa = pa
+        self.known: Any = None
+        self.exact = False
+
+    def read(self, block: bytes) -> tuple[Any, set[str]] | None:
+        if self.exact:
+            return None
+        table = self._parsed(block)
+        converted = None if table is None else _load_columns(self.pa, table, block)
+        self.exact = converted is None
+        return converted
+
+    def _parsed(self, block: bytes) -> Any:
+        pa = self.pa
+        if self.known is not None:
+            try:
+                options = pa.json.ParseOptions(explicit_schema=self.known)
+                table = pa.json.read_json(
+                    pa.py_buffer(block), read_options=_whole(pa, block), parse_options=options
+                )
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                table = None
+            if table is not None:
+                self._learn(table)
+                return table
+        try:
+            table = pa.json.read_json(pa.py_buffer(block), read_options=_whole(pa, block))
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            return None
+        self._learn(table)
+        return table
+
+    def _learn(self, table: Any) -> None:
+        pa = self.pa
+        self.known = pa.schema(
+            [f for f in table.schema if not (pa.types.is_null(f.type) or _temporal(pa, f.type))]
+        )
+
+
+def _whole(pa: Any, block: bytes) -> Any:
+    """The block parsed in one piece on this thread: splitting it across pyarrow's threads
+    costs about 40% more CPU, and export already runs data types in parallel."""
+    return pa.json.ReadOptions(use_threads=False, block_size=len(block) + 1)
+
+
+def _temporal(pa: Any, type_: Any) -> bool:
+    return bool(pa.types.is_temporal(type_))
+
+
+def _load_columns(pa: Any, table: Any, block: bytes) -> tuple[Any, set[str]] | None:
+    """The reader's table as `load()`'s columns, with the names of those holding JSON text; or
+    None when only the exact path can say what pandas would make of it.
+
+    A column the reader typed as a struct or list held nothing but objects or lists (and
+    nulls): pandas keeps those as Python objects, which export writes as JSON text, so their
+    values are taken from the decoded lines. Text the reader took for a time (pandas keeps it
+    as text) and a timestamp column that is not text go the exact way."""
     if "onset_sec" in table.column_names or not table.num_columns:
         return None
     for column in table.schema:
-        if pa.types.is_nested(column.type) or pa.types.is_temporal(column.type):
-            return None  # pandas keeps nested values as objects, and text it was not asked to parse
+        if _temporal(pa, column.type):
+            return None
         if column.name in TIMESTAMP_COLUMNS and not (
             pa.types.is_string(column.type) or pa.types.is_null(column.type)
         ):
             return None
-    for name in TIMESTAMP_COLUMNS:
-        if name in table.column_names:
-            parsed = pd.to_datetime(table[name].to_pandas(), errors="coerce")
+    nested = [f.name for f in table.schema if pa.types.is_nested(f.type)]
+    if nested:
+        records = list(map(orjson.loads, block_lines(block)))
+        if len(records) != table.num_rows:
+            return None
+        for name in nested:
             index = table.column_names.index(name)
-            table = table.set_column(index, name, pa.Array.from_pandas(parsed))
+            values = _json_array(pa, [record.get(name) for record in records])
+            table = table.set_column(index, name, values)
+    for name in TIMESTAMP_COLUMNS:
+        if name in table.column_names and pa.types.is_string(table.schema.field(name).type):
+            index = table.column_names.index(name)
+            table = table.set_column(index, name, _times(pa, table[name]))
     if "onset" in table.column_names:
         onset = table["onset"]
         if not (pa.types.is_integer(onset.type) or pa.types.is_floating(onset.type)):
             return None
         seconds = pa.compute.divide(pa.compute.cast(onset, pa.float64()), 1000.0)
         table = table.append_column("onset_sec", seconds)
-    return _nulls_typed(pa, table)
+    return _nulls_typed(pa, table), set(nested)
+
+
+def _times(pa: Any, text: Any) -> Any:
+    """A text column parsed as `pandas.to_datetime(errors="coerce")` parses it: by Arrow when
+    every value is ISO 8601 UTC with a fraction of a second (`ISO_UTC`), else by pandas."""
+    if text.null_count < len(text):
+        shaped = pa.compute.match_substring_regex(text, ISO_UTC)
+        if pa.compute.all(shaped).as_py():
+            try:
+                return pa.compute.cast(text, pa.timestamp("us", tz="UTC"))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                pass
+    return pa.Array.from_pandas(pd.to_datetime(text.to_pandas(), errors="coerce"))
 
 
 def _nulls_typed(pa: Any, table: Any) -> Any:
@@ -325,17 +441,42 @@ def _conformed(pa: Any, table: Any, schema: Any, json_here: set[str]) -> Any:
 
 def _write(pa: Any, spool: _Spool, schema: Any, path: Path, fmt: str) -> int:
     rows = 0
-    if fmt == "parquet":
-        writer: Any = pa.parquet.ParquetWriter(str(path), schema)
-    else:
-        writer = pa.csv.CSVWriter(str(path), schema)
-    with writer:
+    writer: Any = None
+    try:
         for spooled, json_here in zip(spool.paths, spool.json_in, strict=True):
             with pa.memory_map(str(spooled)) as source:
                 table = pa.ipc.open_file(source).read_all()
             conformed = _conformed(pa, table, schema, json_here)
+            if writer is None:
+                writer = _writer(pa, path, schema, fmt, conformed)
             writer.write_table(conformed)
             rows += len(conformed)
             del table, conformed
             spooled.unlink()
+        if writer is None:
+            writer = _writer(pa, path, schema, fmt, schema.empty_table())
+    finally:
+        if writer is not None:
+            writer.close()
     return rows
+
+
+def _writer(pa: Any, path: Path, schema: Any, fmt: str, first: Any) -> Any:
+    if fmt == "csv":
+        return pa.csv.CSVWriter(str(path), schema)
+    return pa.parquet.ParquetWriter(
+        str(path), schema, use_dictionary=_repetitive(pa, first) or False
+    )
+
+
+def _repetitive(pa: Any, table: Any) -> list[str]:
+    """Columns worth a Parquet dictionary, judged by the first batch: few distinct values (ids
+    of experiments, rooms, participants; categories). A dictionary for a column of distinct
+    values (record ids, times, measurements) is built, found too big and dropped, for nothing:
+    that was a third of the time the writer took."""
+    return [
+        name
+        for name in table.column_names
+        if not pa.types.is_null(table.schema.field(name).type)
+        and pa.compute.count_distinct(table[name]).as_py() * 10 <= len(table)
+    ]
