@@ -189,3 +189,78 @@ def test_text_that_looks_like_a_time_stays_text_as_in_load(tmp_path: Path) -> No
     parquet = tmp_path / "out" / "events.parquet"
     assert str(pq.read_schema(parquet).field("seenAt").type) in {"string", "large_string"}
     pd.testing.assert_frame_equal(_read_parquet(parquet), _comparable(load(folder, "events")))
+
+
+def _varied(i: int) -> dict[str, Any]:
+    """A record whose values change type and shape as the stream goes on."""
+    record: dict[str, Any] = {
+        "id": f"e{i}",
+        "timestamp": f"2026-01-01T00:{i // 60 % 60:02d}:{i % 60:02d}.{i % 1000:03d}Z",
+        "onset": i,
+        "amount": i if i < 700 else i + 0.5,
+        "note": None if i < 900 else f"n{i}",
+        "flag": i % 3 == 0,
+    }
+    if i % 5 == 0:
+        record["response"] = {"value": i, "label": "é" * (i % 4)} if i % 2 else {}
+    if i % 7 == 0:
+        record["tags"] = [i, i + 1]
+    if i % 11 == 0:
+        record["updatedAt"] = "2026-02-30T00:00:00.000Z" if i % 2 else "2026-01-02T03:04:05.6Z"
+    if i >= 1500:
+        record["late"] = {"b": 1, "a": [2.25]} if i % 2 else {"a": [], "c": "two"}
+    return record
+
+
+@pytest.mark.parametrize(
+    "records",
+    [
+        pytest.param([_varied(i) for i in range(2_000)], id="types-widen-nested-late"),
+        pytest.param(
+            [{**_varied(i), "tags": "text" if i > 1200 else [i]} for i in range(2_000)],
+            id="nested-then-text",
+        ),
+        pytest.param(
+            [{**_varied(i), "tags": [i, "x", {"k": None}]} for i in range(2_000)],
+            id="mixed-list",
+        ),
+        pytest.param(
+            [
+                {**_varied(i), "timestamp": "2026-01-01T00:00:00Z" if i % 9 else None}
+                for i in range(2_000)
+            ],
+            id="times-without-fraction",
+        ),
+    ],
+)
+def test_export_parsed_in_small_blocks_reads_back_as_load(
+    tmp_path: Path, records: list[dict[str, Any]]
+) -> None:
+    folder = _handmade_archive(tmp_path / "archive", records)
+    expected = load(folder, "events")
+    for fmt in ("parquet", "csv"):
+        export_archive(folder, fmt=fmt, to=tmp_path / fmt, batch_rows=300, block_bytes=8192)
+    parquet = tmp_path / "parquet" / "events.parquet"
+    json_columns = _json_columns(parquet)
+    assert {"response", "tags", "late"} <= set(json_columns)
+    pd.testing.assert_frame_equal(_read_parquet(parquet), _comparable(expected))
+    csv = _read_csv(tmp_path / "csv" / "events.csv", json_columns)
+    pd.testing.assert_frame_equal(csv, _comparable(expected))
+
+
+def test_times_of_two_shapes_in_one_column_parse_as_in_load(tmp_path: Path) -> None:
+    """pandas parses every value in the first value's format: a time without a fraction of a
+    second, after times with one, becomes NaT in load(), and so in the export."""
+    records = [
+        {
+            **_varied(i),
+            "timestamp": "2026-01-01T00:00:00Z" if i % 9 == 4 else "2026-01-01T00:00:00.5Z",
+        }
+        for i in range(200)
+    ]
+    folder = _handmade_archive(tmp_path / "archive", records)
+    expected = load(folder, "events")
+    assert expected["timestamp"].isna().sum() == 22
+    export_archive(folder, to=tmp_path / "out")
+    parquet = tmp_path / "out" / "events.parquet"
+    pd.testing.assert_frame_equal(_read_parquet(parquet), _comparable(expected))

@@ -46,6 +46,8 @@ from hyperstudy_bulk.manifest import StreamEntry
 FORMATS = ("parquet", "csv")
 JSON_COLUMNS_KEY = b"hyperstudy_bulk.json_columns"
 BATCH_ROWS = 25_000
+BLOCK_BYTES = 1 << 22
+"""NDJSON parsed at once by the fast path (see `_tables`)."""
 WORKERS = 2
 """Data types exported at once: pyarrow parses and writes without the GIL, so one data type's
 C++ work overlaps another's Python (the exact path), on two cores or more."""
@@ -89,6 +91,7 @@ def export_archive(
     data_types: list[str] | None = None,
     allow_incomplete: bool = False,
     batch_rows: int = BATCH_ROWS,
+    block_bytes: int = BLOCK_BYTES,
     on_done: Callable[[Exported], None] = lambda done: None,
 ) -> list[Exported]:
     """Write `<data type>.<fmt>` per data type into `to` (default: beside the archive). Raises
@@ -113,7 +116,8 @@ def export_archive(
 
     def export(kind: DataType) -> Exported:
         target = destination / f"{kind.folder}.{fmt}"
-        rows = _export_type(pa, archive, kind, target, fmt, batch_rows, allow_incomplete, stop)
+        batches = _tables(pa, archive, kind, batch_rows, block_bytes, allow_incomplete)
+        rows = _export_type(pa, batches, kind, target, fmt, stop)
         return Exported(kind.folder, target, rows)
 
     largest_first = sorted(kinds, key=lambda kind: -_archived_bytes(archive, kind))
@@ -156,18 +160,16 @@ class _Spool:
 
 def _export_type(
     pa: Any,
-    archive: Archive,
+    batches: Iterator[tuple[Any, set[str]]],
     kind: DataType,
     target: Path,
     fmt: str,
-    batch_rows: int,
-    allow_incomplete: bool,
     stop: threading.Event,
 ) -> int:
     spool_dir = Path(tempfile.mkdtemp(prefix=f".{kind.folder}.", dir=target.parent))
     try:
         spool = _Spool(spool_dir)
-        for table, json_columns in _tables(pa, archive, kind, batch_rows, allow_incomplete):
+        for table, json_columns in batches:
             if stop.is_set():
                 raise _Stopped
             path = spool_dir / f"{len(spool.paths):06d}.arrow"
@@ -191,7 +193,12 @@ def _export_type(
 
 
 def _tables(
-    pa: Any, archive: Archive, kind: DataType, batch_rows: int, allow_incomplete: bool
+    pa: Any,
+    archive: Archive,
+    kind: DataType,
+    batch_rows: int,
+    block_bytes: int,
+    allow_incomplete: bool,
 ) -> Iterator[tuple[Any, set[str]]]:
     """The data type as Arrow tables holding `load()`'s columns, with their JSON columns.
 
@@ -214,7 +221,7 @@ def _tables(
     columnar = _Columnar(pa)
     for stream in streams:
         for listed in archive.files(stream):
-            for block in read_blocks(listed.path):
+            for block in read_blocks(listed.path, chunk_bytes=block_bytes):
                 converted = columnar.read(block)
                 if converted is not None:
                     table, json_columns = converted
