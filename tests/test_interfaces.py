@@ -67,9 +67,10 @@ def test_download_help_names_what_each_value_is_and_its_default(
 
 def test_plan_and_verify_say_what_they_do_and_take(capsys: pytest.CaptureFixture[str]) -> None:
     plan = " ".join(_help(capsys, "plan").split())
-    assert "Nothing is written." in plan
+    assert "Nothing is written (with --shards N: only the plan the shards will share)." in plan
     assert "EXPERIMENT_ID experiment ids to survey" in plan
-    for useless in ("--progress", "--quiet", "--verbose", "--out", "--media-only"):
+    assert "--out DIR with --shards: the download's --out" in plan
+    for useless in ("--progress", "--quiet", "--verbose", "--media-only"):
         assert useless not in plan
     verify = " ".join(_help(capsys, "verify").split())
     assert "without any request" in verify

@@ -76,7 +76,7 @@ def test_three_shards_at_once_share_one_plan_and_the_key_and_merge_into_the_arch
     assert max(stats["requests"].get(route, {}).get("200", 0) for route in stats["requests"]) > 200
     # One survey: the 1-record probes of the data types were made once, not three times.
     assert sum("surveyed" in log for log in logs) == 1
-    assert sum("read the plan another shard made" in log for log in logs) == 2
+    assert sum("read the plan another shard" in log for log in logs) == 2
     assert all("shard " in log and "planned requests" in log for log in logs)
 
     folder = archive_folder(out, sim.experiment_ids[0])
@@ -211,3 +211,21 @@ def test_experiment_ids_and_all_are_exclusive(capsys: pytest.CaptureFixture[str]
     assert "not both" in capsys.readouterr().err
     assert main(["download", "--api-key", "k"]) == 2
     assert "or pass --all" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["exp", "--out", "x"], "plan --out comes with --shards N"),
+        (["--all"], "plan --all comes with --shards N"),
+        ([], "name at least one EXPERIMENT_ID to plan"),
+        (["exp", "--shards", "1"], "--shards takes a number of shards, 2 or more"),
+    ],
+)
+def test_plan_writes_only_with_shards(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["plan", *args, "--api-key", "k"]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert len(err.strip().splitlines()) == 1

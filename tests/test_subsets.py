@@ -238,7 +238,7 @@ async def test_a_subset_is_not_split_into_shards(
             args = _cli(sim, tmp_path, *subset, "--shard", "1/2", "--no-media")
             assert await asyncio.to_thread(main, args) == 2, subset
             message = capsys.readouterr().err
-            assert "--shard 1/2 splits whole experiments" in message
+            assert "shard 1/2: the shards split whole experiments" in message
             assert message.count("\n") == 1, message
             assert not archive_folder(tmp_path, exp).exists()
             assert sim.stats()["requests"] == {}

@@ -27,7 +27,15 @@ from hyperstudy_bulk import cli_analysis
 from hyperstudy_bulk._version import __version__
 from hyperstudy_bulk.api import Downloader
 from hyperstudy_bulk.cli_merge import add_merge_parser, merge_command
-from hyperstudy_bulk.cli_shards import add_shard_options, check_targets, plan_work, resolve_shard
+from hyperstudy_bulk.cli_shards import (
+    add_plan_shard_options,
+    add_shard_options,
+    check_plan_targets,
+    check_targets,
+    plan_work,
+    resolve_shard,
+    write_shard_plan,
+)
 from hyperstudy_bulk.config import (
     OPTIONS,
     Option,
@@ -75,7 +83,8 @@ _SWITCHES = {"media"}
 _PLAN_SKIPS = frozenset(
     {"out", "part_max_mb", "media_only", "media_concurrency", "progress", "quiet", "verbose"}
 )
-"""What plan has no use for: it writes nothing, shows no progress and logs nothing."""
+"""What plan has no use for: it writes nothing, shows no progress and logs nothing (its
+--out comes with --shards)."""
 _ID_MAX = 512
 T = TypeVar("T")
 
@@ -166,12 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="show what download would fetch, without fetching",
         description="Survey each experiment with a few requests and show, per data type, the "
         "records, streams and requests a download needs, and how long the rate budget makes "
-        "it take. Nothing is written.",
+        "it take. Nothing is written (with --shards N: only the plan the shards will share).",
     )
     plan.add_argument(
-        "experiment_ids", nargs="+", metavar="EXPERIMENT_ID", help="experiment ids to survey"
+        "experiment_ids", nargs="*", metavar="EXPERIMENT_ID", help="experiment ids to survey"
     )
     _add_options(plan, skip=_PLAN_SKIPS)
+    add_plan_shard_options(plan)
     demo = commands.add_parser("demo", help="archive a demo experiment from the built-in simulator")
     demo.add_argument(
         "--out",
@@ -267,7 +277,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return asyncio.run(_interruptible(watching))
         if args.command == "plan":
-            return asyncio.run(_plan(settings, [_check_id(i) for i in args.experiment_ids]))
+            ids = [_check_id(i) for i in args.experiment_ids]
+            if args.shards is not None:
+                return asyncio.run(_plan_shards(settings, ids, args))
+            check_plan_targets(ids, args)
+            return asyncio.run(_plan(settings, ids))
         check_targets(args.experiment_ids, all_experiments=args.all_experiments, update=args.update)
         shard, source = resolve_shard(args.shard, os.environ)
         if args.update:
@@ -598,6 +612,14 @@ async def _plan(settings: Settings, experiment_ids: Sequence[str]) -> int:
                 )
             Console().print(table)
             print(_plan_line(settings, survey))
+    return EXIT_OK
+
+
+async def _plan_shards(settings: Settings, ids: Sequence[str], args: argparse.Namespace) -> int:
+    try:
+        await write_shard_plan(settings, ids, args, say=_say)
+    except HyperStudyBulkError as error:
+        return failure_code(error, "the plan")
     return EXIT_OK
 
 

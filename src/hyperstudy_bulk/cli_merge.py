@@ -30,7 +30,7 @@ def merge_command(folder: Path) -> int:
         say(f"{folder} is not an archive (no {PLAN_NAME} or {MANIFEST_NAME}); check the path")
         return EXIT_USAGE
     try:
-        manifest = merge_parts(folder)
+        manifest = merge_parts(folder, unlocked=say)
     except MergeRefused as refused:
         say(f"merge refused: {refused}")
         return EXIT_INCOMPLETE

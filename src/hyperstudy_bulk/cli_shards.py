@@ -1,6 +1,7 @@
 """The command line of sharded and whole-key downloads: `download --shard K/N`, the SLURM
-array variables that stand for it, and `download --all`. Turns them into the list of
-(experiment, assignment) the download command archives one by one."""
+array variables that stand for it, `download --all`, and `plan --shards N`, which writes the
+shards' plan before them. Turns them into the list of (experiment, assignment) the download
+command archives one by one."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import argparse
 from collections.abc import Callable, Mapping, Sequence
 
 from hyperstudy_bulk.api import Downloader
+from hyperstudy_bulk.config import Settings
 from hyperstudy_bulk.errors import ConfigError
+from hyperstudy_bulk.ledger import shared_budget
 from hyperstudy_bulk.plan import Shard, parse_shard, shard_from_slurm
 from hyperstudy_bulk.runner import Assignment
-from hyperstudy_bulk.shards import agree_on_plan, list_experiments
+from hyperstudy_bulk.shards import PLANNER, agree_on_plan, list_experiments
 
 Work = list[tuple[str, Assignment | None]]
 
@@ -23,12 +26,29 @@ def add_shard_options(download: argparse.ArgumentParser) -> None:
         help="fetch only shard K of N of the job (1 <= K <= N); inside a SLURM array task it "
         "defaults to the task's place in the array. Join the shards with `merge`",
     )
-    download.add_argument(
-        "--all",
-        dest="all_experiments",
-        action="store_true",
-        help="every experiment the API key can see, each into its own folder under --out",
+    _add_all(download, "every experiment the API key can see, each into its own folder")
+
+
+def add_plan_shard_options(plan: argparse.ArgumentParser) -> None:
+    plan.add_argument(
+        "--shards",
+        type=_count,
+        metavar="N",
+        help="write into --out the plan that N shards of the same download will share, so "
+        "they start without surveying (needed where --out has no file locks)",
     )
+    plan.add_argument("--out", metavar="DIR", help="with --shards: the download's --out")
+    _add_all(plan, "with --shards: every experiment the API key can see")
+
+
+def _add_all(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--all", dest="all_experiments", action="store_true", help=help_text)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 2:
+        raise argparse.ArgumentTypeError(f"--shards takes a number of shards, 2 or more: {text!r}")
+    return int(text)
 
 
 def resolve_shard(text: str | None, environ: Mapping[str, str]) -> tuple[Shard | None, str]:
@@ -55,6 +75,38 @@ def check_targets(ids: Sequence[str], *, all_experiments: bool, update: bool) ->
         raise ConfigError("--update takes archive folders (DIR/EXPERIMENT_ID), not --all")
 
 
+def check_plan_targets(ids: Sequence[str], args: argparse.Namespace) -> None:
+    """A plain `plan` writes nothing and takes experiment ids."""
+    for given, option in ((args.out, "--out"), (args.all_experiments, "--all")):
+        if given:
+            raise ConfigError(f"plan {option} comes with --shards N (the shards' plan)")
+    if not ids:
+        raise ConfigError("name at least one EXPERIMENT_ID to plan")
+
+
+async def write_shard_plan(
+    settings: Settings, ids: Sequence[str], args: argparse.Namespace, *, say: Callable[[str], None]
+) -> None:
+    """`plan EXP --out DIR --shards N`: survey once and write the plan the N shards read
+    (or read the one already there). Raises what agree_on_plan raises."""
+    check_targets(ids, all_experiments=args.all_experiments, update=False)
+    count: int = args.shards
+    budget = shared_budget(settings, log=say, shards=count)
+    async with Downloader(settings, budget=budget) as downloader:
+        plans = await agree_on_plan(
+            downloader.api,
+            settings,
+            None if args.all_experiments else ids,
+            count,
+            who=PLANNER,
+            log=say,
+        )
+    for index in range(1, count + 1):
+        streams = sum(s.shard == index for plan in plans for s in plan.streams)
+        requests = sum(plan.requests_of(index) for plan in plans)
+        print(f"shard {index}/{count}: {streams} stream(s), about {requests:,} planned requests")
+
+
 async def plan_work(
     downloader: Downloader,
     experiment_ids: Sequence[str] | None,
@@ -69,7 +121,14 @@ async def plan_work(
             experiment_ids = await list_experiments(downloader.api)
             say(f"--all: {len(experiment_ids)} experiment(s) visible to the key")
         return [(experiment_id, None) for experiment_id in experiment_ids]
-    plans = await agree_on_plan(downloader.api, downloader.settings, experiment_ids, shard, log=say)
+    plans = await agree_on_plan(
+        downloader.api,
+        downloader.settings,
+        experiment_ids,
+        shard.count,
+        who=f"shard {shard}",
+        log=say,
+    )
     mine = sum(plan.requests_of(shard.index) for plan in plans)
     every = sum(plan.requests_of(k) for plan in plans for k in range(1, shard.count + 1))
     streams = sum(len(plan.assignment(shard).streams) for plan in plans)

@@ -77,6 +77,11 @@ class StorageError(HyperStudyBulkError):
         )
 
 
+class LocksUnavailable(StorageError):
+    """The file system refuses file locks (ENOLCK, EOPNOTSUPP, ENOSYS: some NFS and FUSE
+    mounts). Callers that can work without the lock say so and carry on."""
+
+
 class BusyError(HyperStudyBulkError):
     """Another run (process or thread) is writing the same archive right now (exit code 5).
     Nothing was read or written: the other run's work is safe."""

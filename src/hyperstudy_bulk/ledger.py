@@ -88,6 +88,7 @@ class RequestLedger:
         self._unwritten: list[str] = []
         self._prefix = uuid.uuid4().hex[:10]
         self._issued = 0
+        self._detached = False
 
     def open(self) -> None:
         """Create the files and check that locks work here; raises OSError where they do not.
@@ -106,6 +107,8 @@ class RequestLedger:
         archive's manifest: until then no earlier process can have left a ledger there, and a
         run that writes nothing (a mistyped experiment id) leaves no --out behind. Requests
         admitted meanwhile are kept and written when it opens."""
+        if self._detached:
+            return False
         if self._fd is None:
             out = self.path.parent.parent
             try:
@@ -133,6 +136,21 @@ class RequestLedger:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    def detach(self, share: int) -> None:
+        """Go on without the file (it cannot be locked): count only this process's own
+        requests, within 1/`share` of each limit, so that `share` processes doing the same
+        stay within the key's limits with no file between them (a static share)."""
+        self.close()
+        self._detached = True
+        self._unwritten.clear()
+        self.per_hour = max(1, self.per_hour // share)
+        self.per_minute = max(1, self.per_minute // share)
+        own = {t: r for t, r in self._requests.items() if t.startswith(self._prefix)}
+        order = [t for t in self._by_time if t in own]
+        self._requests, self._by_time, self._by_endpoint = {}, deque(), {}
+        for ticket in order:
+            self._add(ticket, own[ticket])
 
     def held(self) -> int:
         """Permits of the hour window held now, by every process (for tests and logs)."""
@@ -193,6 +211,8 @@ class RequestLedger:
         return max(0.001, *waits) if waits else 0.0
 
     def _append(self, line: str) -> None:
+        if self._detached:
+            return
         if self._fd is None:
             self._unwritten.append(line)
         else:
@@ -221,8 +241,8 @@ class RequestLedger:
 class SharedBudget(Budget):
     """A Budget that also admits every request through the ledger, so this process, the
     other shards and its predecessors together stay within the key's limits. Should the
-    ledger fail mid-run (a file system losing its locks), it carries on with its own windows
-    and says so once."""
+    ledger fail mid-run (a file system losing its locks), each of the `shards` processes
+    goes on with an even share of the limits (see `RequestLedger.detach`), and says so once."""
 
     def __init__(
         self,
@@ -232,19 +252,20 @@ class SharedBudget(Budget):
         per_hour: int,
         per_minute_per_endpoint: int,
         time_scale: float = 1.0,
+        shards: int = 1,
     ) -> None:
         super().__init__(
             per_hour=per_hour,
             per_minute_per_endpoint=per_minute_per_endpoint,
             time_scale=time_scale,
         )
-        self.ledger: RequestLedger | None = ledger
+        self.ledger = ledger
         self._log = log
+        self._shards = shards
         self._admitting: dict[str, asyncio.Lock] = {}
 
     def close(self) -> None:
-        if self.ledger is not None:
-            self.ledger.close()
+        self.ledger.close()
 
     @asynccontextmanager
     async def slot(self, endpoint: str) -> AsyncIterator[None]:
@@ -253,31 +274,32 @@ class SharedBudget(Budget):
             try:
                 yield
             finally:
-                if ticket is not None and self.ledger is not None:
-                    self._safely(self.ledger.ended, ticket)
+                self._safely(self.ledger.ended, ticket)
 
-    async def _admit(self, endpoint: str) -> str | None:
+    async def _admit(self, endpoint: str) -> str:
         # One coroutine of this process asks the ledger per endpoint at a time, the others
         # queue in order: without it, every waiter would wake at each returning permit, and
         # all but one would read and lock the ledger for nothing.
         async with self._admitting.setdefault(endpoint, asyncio.Lock()):
-            while self.ledger is not None:
+            while True:
                 outcome = self._safely(self.ledger.try_admit, endpoint)
                 if not isinstance(outcome, float):
                     return outcome
                 await asyncio.sleep(outcome)
-        return None
 
-    def _safely(self, call: Callable[[str], T], argument: str) -> T | None:
+    def _safely(self, call: Callable[[str], T], argument: str) -> T:
         try:
             return call(argument)
         except (OSError, StorageError) as error:
-            self._log(
-                f"the shared request ledger failed ({error}); continuing with this "
-                "process's own budget"
-            )
-            self.ledger = None
-            return None
+            self._log(f"the shared request ledger failed ({error}): {self.go_alone()}")
+            return call(argument)  # detached now: no file, nothing that can fail
+
+    def go_alone(self) -> str:
+        """Go on with this process's share of the limits; what it now takes, for the log."""
+        self.ledger.detach(self._shards)
+        if self._shards == 1:
+            return "continuing with this process's own budget"
+        return f"each of the {self._shards} shards takes 1/{self._shards} of the key's limits"
 
 
 def shared_budget(settings: Settings, *, log: Callable[[str], None], shards: int = 1) -> Budget:
@@ -291,25 +313,18 @@ def shared_budget(settings: Settings, *, log: Callable[[str], None], shards: int
         per_minute=settings.rate_limit_per_minute_per_endpoint,
         time_scale=settings.rate_limit_time_scale,
     )
-    if shards > 1:
-        try:
-            ledger.open()
-        except (OSError, StorageError) as error:
-            log(
-                f"the request ledger in {settings.out} cannot be locked ({error}): "
-                f"each of the {shards} shards takes 1/{shards} of the key's limits"
-            )
-            return Budget(
-                per_hour=max(1, settings.rate_limit_per_hour // shards),
-                per_minute_per_endpoint=max(
-                    1, settings.rate_limit_per_minute_per_endpoint // shards
-                ),
-                time_scale=settings.rate_limit_time_scale,
-            )
-    return SharedBudget(
+    budget = SharedBudget(
         ledger=ledger,
         log=log,
         per_hour=settings.rate_limit_per_hour,
         per_minute_per_endpoint=settings.rate_limit_per_minute_per_endpoint,
         time_scale=settings.rate_limit_time_scale,
+        shards=shards,
     )
+    if shards > 1:
+        try:
+            ledger.open()
+        except (OSError, StorageError) as error:
+            alone = budget.go_alone()
+            log(f"the request ledger in {settings.out} cannot be locked ({error}): {alone}")
+    return budget

@@ -11,40 +11,56 @@ a lock is taken only once the file locked is still the one at its path.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from hyperstudy_bulk.errors import BusyError, StorageError
+from hyperstudy_bulk.errors import BusyError, LocksUnavailable, StorageError
 
 LOCK_NAME = ".hyperstudy-bulk.lock"
 """The lock file in an archive's folder (not NDJSON, not listed in the manifest)."""
 
 
+_NO_LOCKS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL})
+"""What flock fails with where the file system has no locks (EOPNOTSUPP is also ENOTSUP)."""
+
+
 @contextlib.contextmanager
-def exclusive(path: Path, *, what: str) -> Iterator[None]:
+def exclusive(
+    path: Path, *, what: str, unlocked: Callable[[str], None] | None = None
+) -> Iterator[None]:
     """Hold an exclusive lock on `path` (created, with its folder, if missing) for the block.
 
     Raises BusyError at once, without waiting, when another process or thread holds it;
     `what` names the thing protected in that message. Raises StorageError when the lock file
-    cannot be created. Released on leaving the block, by any way out.
+    cannot be created, LocksUnavailable where the file system has no locks; given `unlocked`,
+    it is told why instead and the block runs without the lock. Released on leaving the block,
+    by any way out.
     """
-    descriptor = _acquire(path, what)
+    try:
+        descriptor: int | None = _acquire(path, what)
+    except LocksUnavailable as error:
+        if unlocked is None:
+            raise
+        unlocked(f"{error}: make sure no other run writes {what} meanwhile")
+        descriptor = None
     try:
         yield
     finally:
-        os.close(descriptor)
+        if descriptor is not None:
+            os.close(descriptor)
 
 
 @contextlib.contextmanager
-def archive_lock(folder: Path) -> Iterator[None]:
+def archive_lock(folder: Path, *, unlocked: Callable[[str], None] | None = None) -> Iterator[None]:
     """`exclusive` on the archive's own lock file, so two runs never write one archive. A
     folder made only to hold the lock is removed again if nothing else was written in it (a
     mistyped experiment id leaves nothing behind)."""
     made = not folder.exists()
     path = folder / LOCK_NAME
-    with exclusive(path, what=f"the archive {folder}"):
+    with exclusive(path, what=f"the archive {folder}", unlocked=unlocked):
         try:
             yield
         finally:
@@ -69,6 +85,13 @@ def _acquire(path: Path, what: str) -> int:
             raise BusyError(
                 f"{what} is being written by another hyperstudy-bulk run{holder}; wait for it "
                 "to finish (or stop it), then run the same command again"
+            ) from None
+        except OSError as error:
+            os.close(descriptor)
+            if error.errno not in _NO_LOCKS:
+                raise StorageError.from_os_error(error) from None
+            raise LocksUnavailable(
+                f"cannot lock {path}: the file system has no file locks ({error.strerror})"
             ) from None
         if _still_at(path, descriptor):
             os.ftruncate(descriptor, 0)

@@ -10,6 +10,7 @@ request figures summed), so merging again gives the same file.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,11 @@ class MergeRefused(Exception):
         return self.message
 
 
-def merge_parts(folder: Path) -> Manifest:
+def merge_parts(folder: Path, *, unlocked: Callable[[str], None] | None = None) -> Manifest:
     """Write `folder/manifest.json` from the shards' parts and return it. Raises OSError or
     ValueError when the folder holds no shard plan, MergeRefused when a part is missing or
-    incomplete, BusyError when a download is writing the archive."""
+    incomplete, BusyError when a download is writing the archive (`unlocked` is told when the
+    file system has no locks to tell)."""
     plan = read_plan(folder)
     owners = {s.spec.key: s.shard for s in plan.streams}
     parts: list[Manifest] = []
@@ -75,7 +77,7 @@ def merge_parts(folder: Path) -> Manifest:
     merged.complete = {s.key for s in merged.streams} == set(owners) and all(
         s.status == "complete" for s in merged.streams
     )
-    with archive_lock(folder):  # no plain download writes the manifest meanwhile
+    with archive_lock(folder, unlocked=unlocked):  # no plain download writes the manifest meanwhile
         merged.save(folder, MANIFEST_NAME)
     return merged
 

@@ -390,11 +390,16 @@ async def archive_experiment(
     with _nothing_left_behind(folder):
         prepare_folder(folder)
         # Shards write one archive at once, each its own streams: each holds its own part's
-        # lock (two runs of the same shard still exclude each other).
+        # lock (two runs of the same shard still exclude each other). Where the file system
+        # has no locks, the run says so and goes on unlocked.
         writer = (
-            exclusive(folder / f"{assignment.manifest_name}.lock", what=f"shard part of {folder}")
+            exclusive(
+                folder / f"{assignment.manifest_name}.lock",
+                what=f"shard part of {folder}",
+                unlocked=monitor.note,
+            )
             if assignment is not None
-            else archive_lock(folder)
+            else archive_lock(folder, unlocked=monitor.note)
         )
         with writer:
             return await _archive_into(

@@ -33,7 +33,7 @@ import orjson
 from hyperstudy_bulk.client import ApiClient
 from hyperstudy_bulk.config import Granularity, Settings
 from hyperstudy_bulk.datatypes import Scope, data_type_named
-from hyperstudy_bulk.errors import BusyError, ConfigError, StorageError
+from hyperstudy_bulk.errors import BusyError, ConfigError, LocksUnavailable, StorageError
 from hyperstudy_bulk.ledger import LEDGER_DIR
 from hyperstudy_bulk.lock import exclusive
 from hyperstudy_bulk.manifest import atomic_write
@@ -51,6 +51,8 @@ from hyperstudy_bulk.timespec import iso_utc
 
 SHARDS_DIR = ".shards"
 PLAN_NAME = f"{SHARDS_DIR}/plan.json"
+PLANNER = "plan --shards"
+"""Who writes a plan before the shards start."""
 EXPERIMENTS_PAGE = 50
 """The experiments listing is paged as the official SDK pages it."""
 
@@ -163,44 +165,52 @@ async def agree_on_plan(
     api: ApiClient,
     settings: Settings,
     experiment_ids: Sequence[str] | None,
-    shard: Shard,
+    count: int,
     *,
+    who: str,
     log: Callable[[str], None],
     now: datetime | None = None,
 ) -> list[ExperimentPlan]:
-    """The job's plan, surveyed by whichever shard comes first (`experiment_ids` None: every
-    experiment the key can see). Raises ExperimentNotFound, AuthError, ConfigError."""
+    """The plan of a job of `count` shards, surveyed by whichever comes first (`experiment_ids`
+    None: every experiment the key can see): a shard, or `plan --shards` before them (`who`
+    is None). Where --out has no file locks, a shard can only read a plan written before it.
+    Raises ExperimentNotFound, AuthError, ConfigError."""
     if settings.room or settings.participant or settings.since or settings.until:
         raise ConfigError(
-            f"--shard {shard} splits whole experiments: drop --room, --participant, --since "
+            f"{who}: the shards split whole experiments: drop --room, --participant, --since "
             "and --until, or download the subset as one process (without --shard)"
         )
-    job = _job_path(settings, experiment_ids, shard.count)
+    job = _job_path(settings, experiment_ids, count)
     with contextlib.ExitStack() as held:
         try:
             await _wait_for_lock(held, job.with_suffix(".lock"))
-        except (OSError, StorageError) as error:
-            raise ConfigError(
-                f"cannot lock {job.parent} ({error}): the shards must share an --out on a "
-                "file system with locks"
-            ) from None
+        except LocksUnavailable as error:
+            if who != PLANNER and not job.exists():
+                targets = " ".join(experiment_ids) if experiment_ids is not None else "--all"
+                raise ConfigError(
+                    f"{error}, so the shards cannot agree on a plan by themselves: write it "
+                    f"first with `hyperstudy-bulk plan {targets} --out {settings.out} --shards "
+                    f"{count}` (with the download's other options)"
+                ) from None
+        except StorageError as error:
+            raise ConfigError(f"{error}: the shards need a writable --out") from None
         if job.exists():
             ids: list[str] = orjson.loads(job.read_bytes())["experiments"]
             plans = [read_plan(experiment_folder(settings.out, i)) for i in ids]
-            log(f"shard {shard}: read the plan another shard made ({job.name})")
+            log(f"{who}: read the plan another shard (or `plan --shards`) made ({job.name})")
             return plans
         ids = list(experiment_ids) if experiment_ids is not None else await list_experiments(api)
         for experiment_id in ids:
             folder = experiment_folder(settings.out, experiment_id)
             prepare_folder(folder)
-            _check_unplanned(folder, shard)
-        plans = await survey_job(api, settings, ids, shard.count, now=now)
+            _check_unplanned(folder, count)
+        plans = await survey_job(api, settings, ids, count, now=now)
         for plan in plans:
             atomic_write(
                 experiment_folder(settings.out, plan.experiment_id) / PLAN_NAME, plan.to_json()
             )
         atomic_write(job, orjson.dumps({"experiments": ids}))
-        log(f"shard {shard}: surveyed {len(ids)} experiment(s) for {shard.count} shards")
+        log(f"{who}: surveyed {len(ids)} experiment(s) for {count} shards")
         return plans
 
 
@@ -215,11 +225,11 @@ async def _wait_for_lock(held: contextlib.ExitStack, path: Path) -> None:
             await asyncio.sleep(0.05)
 
 
-def _check_unplanned(folder: Path, shard: Shard) -> None:
+def _check_unplanned(folder: Path, count: int) -> None:
     """A folder planned for another number of shards would get a second snapshot mixed in."""
     if (folder / PLAN_NAME).is_file():
         planned = read_plan(folder).shards
-        if planned != shard.count:
+        if planned != count:
             raise ConfigError(
                 f"{folder} is being archived by {planned} shards: run {planned} shards "
                 f"(--shard K/{planned}), or choose another --out"
