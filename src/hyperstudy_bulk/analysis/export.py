@@ -19,7 +19,9 @@ losslessly; the file's schema metadata lists those columns under `hyperstudy_bul
 
 from __future__ import annotations
 
+import functools
 import json
+import operator
 import shutil
 import tempfile
 import threading
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 import pandas as pd
 
@@ -325,15 +328,14 @@ def _load_columns(pa: Any, table: Any, block: bytes) -> tuple[Any, set[str]] | N
             pa.types.is_string(column.type) or pa.types.is_null(column.type)
         ):
             return None
-    nested = [f.name for f in table.schema if pa.types.is_nested(f.type)]
+    nested = tuple(f.name for f in table.schema if pa.types.is_nested(f.type))
     if nested:
-        records = list(map(orjson.loads, block_lines(block)))
-        if len(records) != table.num_rows:
+        rows = _fields_decoder(nested).decode_lines(block)
+        if len(rows) != table.num_rows:
             return None
-        for name in nested:
-            index = table.column_names.index(name)
-            values = _json_array(pa, [record.get(name) for record in records])
-            table = table.set_column(index, name, values)
+        for position, name in enumerate(nested):
+            values = _json_array(pa, list(map(operator.attrgetter(f"f{position}"), rows)))
+            table = table.set_column(table.column_names.index(name), name, values)
     for name in TIMESTAMP_COLUMNS:
         if name in table.column_names and pa.types.is_string(table.schema.field(name).type):
             index = table.column_names.index(name)
@@ -345,6 +347,15 @@ def _load_columns(pa: Any, table: Any, block: bytes) -> tuple[Any, set[str]] | N
         seconds = pa.compute.divide(pa.compute.cast(onset, pa.float64()), 1000.0)
         table = table.append_column("onset_sec", seconds)
     return _nulls_typed(pa, table), set(nested)
+
+
+@functools.lru_cache(maxsize=64)
+def _fields_decoder(names: tuple[str, ...]) -> msgspec.json.Decoder[Any]:
+    """Decodes only these fields of each line (absent: None), skipping the others' values: a
+    third of the time of decoding whole records."""
+    fields = [(f"f{i}", Any, None) for i in range(len(names))]
+    rename = dict(zip((field for field, _, _ in fields), names, strict=True))
+    return msgspec.json.Decoder(msgspec.defstruct("Fields", fields, rename=rename))
 
 
 def _times(pa: Any, text: Any) -> Any:
