@@ -147,11 +147,9 @@ class _Stopped(Exception):
 
 
 @dataclass
-class _Spool:
-    """Spooled batches and what is known of their columns so far."""
+class _Columns:
+    """What the batches seen so far say of a data type's columns."""
 
-    folder: Path
-    paths: list[Path] = field(default_factory=list)
     schemas: list[Any] = field(default_factory=list)
     json_in: list[set[str]] = field(default_factory=list)
     order: dict[str, None] = field(default_factory=dict)
@@ -159,6 +157,112 @@ class _Spool:
     @property
     def json_columns(self) -> set[str]:
         return set().union(*self.json_in)
+
+    def note(self, schema: Any, json_columns: set[str]) -> None:
+        self.schemas.append(schema)
+        self.json_in.append(json_columns)
+        self.order.update(dict.fromkeys(schema.names))
+
+
+@dataclass
+class _Spool:
+    """Batches set aside until their one schema is known: each part an Arrow IPC file of one
+    batch, or a Parquet file of batches of one schema."""
+
+    folder: Path
+    paths: list[Path] = field(default_factory=list)
+    columns: _Columns = field(default_factory=_Columns)
+
+    def note(self, path: Path, schema: Any, json_columns: set[str]) -> None:
+        self.paths.append(path)
+        self.columns.note(schema, json_columns)
+
+    def add(self, pa: Any, table: Any, json_columns: set[str]) -> None:
+        path = self.folder / f"{len(self.paths):06d}.arrow"
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        self.note(path, table.schema, json_columns)
+
+    def parts(self, pa: Any) -> Iterator[tuple[Any, set[str]]]:
+        """The spooled batches in order, each part's file deleted once read."""
+        for path, json_here in zip(self.paths, self.columns.json_in, strict=True):
+            if path.suffix == ".parquet":
+                parquet = pa.parquet.ParquetFile(str(path))
+                for group in range(parquet.num_row_groups):
+                    yield parquet.read_row_group(group), json_here
+            else:
+                with pa.memory_map(str(path)) as source:
+                    yield pa.ipc.open_file(source).read_all(), json_here
+            path.unlink()
+
+
+class _Direct:
+    """Writes batches straight into the Parquet file while they keep the first batch's schema
+    (the usual case: no spool, one pass over the data). The first batch that would change the
+    schema ends it: the file written so far becomes the spool's first part."""
+
+    def __init__(self, pa: Any, path: Path) -> None:
+        self.pa = pa
+        self.path = path
+        self.schema: Any = None
+        self.json_columns: set[str] = set()
+        self.writer: Any = None
+        self.rows = 0
+
+    def takes(self, table: Any, json_here: set[str]) -> bool:
+        pa = self.pa
+        if self.writer is None:
+            first = _Columns()
+            first.note(table.schema, json_here)
+            self.schema = _unified(pa, first)
+            self.json_columns = json_here
+        elif not self._fits(table, json_here):
+            return False
+        conformed = _conformed(pa, table, self.schema, json_here)
+        if self.writer is None:
+            self.writer = _writer(pa, self.path, self.schema, "parquet", conformed)
+        self.writer.write_table(conformed)
+        self.rows += len(conformed)
+        return True
+
+    def _fits(self, table: Any, json_here: set[str]) -> bool:
+        """Whether the schema of every batch so far and this one is still the first one."""
+        pa = self.pa
+        for column in table.schema:
+            if column.name not in self.schema.names:
+                return False
+            if pa.types.is_null(column.type):
+                continue
+            if column.name in json_here and column.name not in self.json_columns:
+                return False
+            ours = self.schema.field(column.name).type
+            if column.type != ours and not _widens_to(pa, column.type, ours):
+                return False
+        return True
+
+    def hand_over(self, spool: _Spool) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            part = spool.folder / "000000.parquet"
+            self.path.replace(part)
+            spool.note(part, self.schema, self.json_columns)
+
+    def finish(self) -> int:
+        if self.writer is None:
+            self.schema = _unified(self.pa, _Columns())
+            self.writer = _writer(self.pa, self.path, self.schema, "parquet", None)
+        self.writer.close()
+        return self.rows
+
+
+def _widens_to(pa: Any, type_: Any, wider: Any) -> bool:
+    try:
+        unified = pa.unify_schemas(
+            [pa.schema([("c", type_)]), pa.schema([("c", wider)])], promote_options="permissive"
+        )
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        return False
+    return bool(unified.field("c").type == wider)
 
 
 def _export_type(
@@ -169,30 +273,32 @@ def _export_type(
     fmt: str,
     stop: threading.Event,
 ) -> int:
-    spool_dir = Path(tempfile.mkdtemp(prefix=f".{kind.folder}.", dir=target.parent))
+    spool = _Spool(Path(tempfile.mkdtemp(prefix=f".{kind.folder}.", dir=target.parent)))
+    partial = target.with_name(f".{target.name}.part")
+    direct = _Direct(pa, partial) if fmt == "parquet" else None
     try:
-        spool = _Spool(spool_dir)
         for table, json_columns in batches:
             if stop.is_set():
                 raise _Stopped
-            path = spool_dir / f"{len(spool.paths):06d}.arrow"
-            with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
-                w.write_table(table)
-            spool.paths.append(path)
-            spool.schemas.append(table.schema)
-            spool.json_in.append(json_columns)
-            spool.order.update(dict.fromkeys(table.schema.names))
-        schema = _unified(pa, spool)
-        partial = target.with_name(f".{target.name}.part")
-        try:
-            rows = _write(pa, spool, schema, partial, fmt)
-            partial.replace(target)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
+            if direct is not None and direct.takes(table, json_columns):
+                continue
+            if direct is not None:
+                direct.hand_over(spool)
+                direct = None
+            spool.add(pa, table, json_columns)
+        if direct is not None:
+            rows = direct.finish()
+        else:
+            rows = _write(pa, spool, _unified(pa, spool.columns), partial, fmt)
+        partial.replace(target)
         return rows
+    except BaseException:
+        if direct is not None and direct.writer is not None:
+            direct.writer.close()
+        partial.unlink(missing_ok=True)
+        raise
     finally:
-        shutil.rmtree(spool_dir, ignore_errors=True)
+        shutil.rmtree(spool.folder, ignore_errors=True)
 
 
 def _tables(
@@ -418,19 +524,19 @@ def _json_array(pa: Any, values: list[Any]) -> Any:
     )
 
 
-def _unified(pa: Any, spool: _Spool) -> Any:
+def _unified(pa: Any, columns: _Columns) -> Any:
     """One schema for every batch: types widened where they differ, a column holding JSON text
     in any batch is JSON text in all, `onset_sec` last as `load()` puts it."""
-    json_columns = spool.json_columns
+    json_columns = columns.json_columns
     fields = []
-    order = [n for n in spool.order if n != "onset_sec"] + [
-        n for n in spool.order if n == "onset_sec"
+    order = [n for n in columns.order if n != "onset_sec"] + [
+        n for n in columns.order if n == "onset_sec"
     ]
     for name in order:
         if name in json_columns:
             fields.append(pa.field(name, pa.string()))
             continue
-        types = [s.field(name).type for s in spool.schemas if name in s.names]
+        types = [s.field(name).type for s in columns.schemas if name in s.names]
         try:
             unified = pa.unify_schemas(
                 [pa.schema([(name, t)]) for t in types], promote_options="permissive"
@@ -461,18 +567,15 @@ def _write(pa: Any, spool: _Spool, schema: Any, path: Path, fmt: str) -> int:
     rows = 0
     writer: Any = None
     try:
-        for spooled, json_here in zip(spool.paths, spool.json_in, strict=True):
-            with pa.memory_map(str(spooled)) as source:
-                table = pa.ipc.open_file(source).read_all()
+        for table, json_here in spool.parts(pa):
             conformed = _conformed(pa, table, schema, json_here)
             if writer is None:
                 writer = _writer(pa, path, schema, fmt, conformed)
             writer.write_table(conformed)
             rows += len(conformed)
             del table, conformed
-            spooled.unlink()
         if writer is None:
-            writer = _writer(pa, path, schema, fmt, schema.empty_table())
+            writer = _writer(pa, path, schema, fmt, None)
     finally:
         if writer is not None:
             writer.close()
@@ -480,11 +583,12 @@ def _write(pa: Any, spool: _Spool, schema: Any, path: Path, fmt: str) -> int:
 
 
 def _writer(pa: Any, path: Path, schema: Any, fmt: str, first: Any) -> Any:
+    """A writer of `schema`; `first`, the first batch (None: there is none), tells which
+    columns are worth a dictionary."""
     if fmt == "csv":
         return pa.csv.CSVWriter(str(path), schema)
-    return pa.parquet.ParquetWriter(
-        str(path), schema, use_dictionary=_repetitive(pa, first) or False
-    )
+    repetitive = [] if first is None else _repetitive(pa, first)
+    return pa.parquet.ParquetWriter(str(path), schema, use_dictionary=repetitive or False)
 
 
 def _repetitive(pa: Any, table: Any) -> list[str]:
