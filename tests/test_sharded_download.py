@@ -13,7 +13,14 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import DATA_TYPE_PATHS, archive_folder, cli_options, expected_type, read_type
+from conftest import (
+    DATA_TYPE_PATHS,
+    archive_folder,
+    cli_options,
+    expected_type,
+    manifest_of,
+    read_type,
+)
 
 from hyperstudy_bulk.cli import main
 from hyperstudy_bulk.cli_shards import resolve_shard
@@ -229,3 +236,49 @@ def test_plan_writes_only_with_shards(
     err = capsys.readouterr().err
     assert message in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_shards_fetch_their_own_media_later_and_update_is_one_process(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = SimulatorConfig(seed=6, rooms=3, participants=1, records=20, media_bytes=3_000)
+    with serve_in_thread(config) as sim:
+        exp = sim.experiment_ids[0]
+        out, alone = tmp_path / "out", tmp_path / "alone"
+        options = [*cli_options(sim), "--out", str(out)]
+        for k in (1, 2):
+            assert main(["download", exp, "--shard", f"{k}/2", "--no-media", *options]) == 0
+        folder = archive_folder(out, exp)
+        records = sim.stats()["requests"]
+
+        for k in (1, 2):
+            assert main(["download", exp, "--shard", f"{k}/2", "--media-only", *options]) == 0
+        requests = sim.stats()["requests"]
+        fetched = {route for route in requests if requests[route] != records.get(route)}
+        media_routes = {"GET /data/recordings/download/{roomId}/{recordingId}"}
+        media_routes.add("GET /media/{roomId}/{recordingId}")
+        assert fetched == media_routes  # no page of records again
+        # Each shard fetched the files its own recordings name, into its own part.
+        parts = [load_manifest(folder, f".shards/part-{k}-of-2.json").media for k in (1, 2)]
+        first, second = ({m.path for m in part} for part in parts)
+        assert first.isdisjoint(second)
+        assert main(["merge", str(folder)]) == 0
+        assert main(["verify", str(folder)]) == 0
+        assert main(["download", exp, *cli_options(sim), "--out", str(alone)]) == 0
+        media = {(m.path, m.status, m.sha256) for m in load_manifest(folder).media}
+        assert media == {(m.path, m.status, m.sha256) for m in manifest_of(alone, exp).media}
+        assert {path for path, _, _ in media} == first | second
+        assert any(status == "complete" for _, status, _ in media)
+
+        capsys.readouterr()
+        assert main(["download", str(folder), "--update", "--shard", "1/2", *options]) == 2
+        err = capsys.readouterr().err
+        assert "--update runs as one process: drop --shard" in err
+        assert len(err.strip().splitlines()) == 1
+        # One process updates the merged archive; the parts are history then.
+        assert main(["download", str(folder), "--update", *cli_options(sim)]) == 0
+        updated = (folder / MANIFEST_NAME).read_bytes()
+        capsys.readouterr()
+        assert main(["merge", str(folder)]) == 1
+        assert "was updated after the shards' snapshot" in capsys.readouterr().err
+        assert (folder / MANIFEST_NAME).read_bytes() == updated

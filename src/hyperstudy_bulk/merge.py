@@ -37,6 +37,14 @@ def merge_parts(folder: Path, *, unlocked: Callable[[str], None] | None = None) 
     incomplete, BusyError when a download is writing the archive (`unlocked` is told when the
     file system has no locks to tell)."""
     plan = read_plan(folder)
+    if (folder / MANIFEST_NAME).is_file():
+        merged_before = load_manifest(folder)
+        if merged_before.snapshots != [plan.snapshot]:
+            raise MergeRefused(
+                f"{folder / MANIFEST_NAME} was updated after the shards' snapshot (to "
+                f"{merged_before.snapshot_end_time}): it is the archive now, and merging the "
+                "parts again would drop what the update added"
+            )
     owners = {s.spec.key: s.shard for s in plan.streams}
     parts: list[Manifest] = []
     for index in sorted(set(owners.values())):

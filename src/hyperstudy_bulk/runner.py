@@ -417,11 +417,13 @@ async def _archive_into(
     update: bool,
     assignment: Assignment | None,
 ) -> Manifest:
-    if settings.media_only and not (folder / MANIFEST_NAME).exists():
-        raise ConfigError(f"--media-only: {folder} holds no archive; download its records first")
+    name = assignment.manifest_name if assignment else MANIFEST_NAME
+    if settings.media_only and not (folder / name).exists():
+        raise ConfigError(
+            f"--media-only: {folder} holds no archive ({name}); download its records first"
+        )
     now = now or datetime.now(UTC)
     moment = assignment.snapshot if assignment else iso_utc(now)
-    name = assignment.manifest_name if assignment else MANIFEST_NAME
     asked = Selection.from_settings(settings, now)
     manifest, was_complete = _open_manifest(
         folder, settings, experiment_id, moment, update=update, name=name, asked=asked
@@ -431,10 +433,12 @@ async def _archive_into(
     run = _Run(api, settings, folder, manifest, monitor, manifest_name=name, media_due=media)
     monitor.page_size = run.page_sizes.expected
     try:
-        if assignment is not None:
+        if settings.media_only:
+            pass  # the records are there: only the media files they name are due
+        elif assignment is not None:
             manifest.granularity = assignment.granularity.value
             await _run_all(run, assignment.streams)
-        elif not settings.media_only:
+        else:
             await (_refetch_changed(run) if was_complete else _crawl(run))
         run.records_due = False
         if media:
