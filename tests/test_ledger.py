@@ -90,6 +90,36 @@ def test_a_torn_last_line_is_read_once_whole(tmp_path: Path) -> None:
     assert reader.held() == 1
 
 
+def test_a_long_run_keeps_the_log_to_what_still_counts(tmp_path: Path) -> None:
+    """Fifty (scaled) hours of requests from two processes: the log is rewritten with what
+    still counts, and both, and a newcomer, still see every request of the current hour."""
+    clock = Clock()
+    path = tmp_path / "requests.log"
+    first, second = (
+        RequestLedger(
+            path, per_hour=10, per_minute=10, time_scale=60.0, clock=clock, compact_bytes=2_000
+        )
+        for _ in range(2)
+    )
+    sizes = []
+    for _hour in range(50):
+        for i in range(10):
+            ledger = (first, second)[i % 2]
+            ticket = ledger.try_admit(f"data/type{i}")
+            assert isinstance(ticket, str)
+            clock.now += 0.1
+            ledger.ended(ticket)
+        sizes.append(path.stat().st_size)
+        clock.now += 61.0  # an hour (60 s on this clock) after the last request ended
+    assert max(sizes) < 3_000  # 500 requests logged whole would take about 30 KB
+    for i in range(10):
+        assert isinstance((first, second)[i % 2].try_admit(f"data/type{i}"), str)
+    (newcomer,) = ledgers(path, clock, 1)
+    newcomer.per_hour = 10
+    for ledger in (first, second, newcomer):
+        assert ledger.try_admit("data/other") > 0  # the key's 10 of this hour are taken
+
+
 SCALE = 720.0  # the hour lasts 5 s, the minute 1/12 s
 KILL_CONFIG = SimulatorConfig(
     seed=11, rooms=3, participants=2, records=120, rate_limit=SCALE, rate_window="sliding"

@@ -13,6 +13,12 @@ windows have room; otherwise it sleeps until the earliest permit can come back a
 again. Ends are appended without the lock (small O_APPEND writes), and a reader keeps a torn
 last line for its next read. Times are wall-clock seconds: processes on different nodes share
 no other clock.
+
+A long job would grow the log without bound, so once it is large and mostly lines that no
+longer count, the admitting process rewrites it (under the lock) with only the requests that
+still count, and renames it into place; every process notices the new file at its next read
+and reads it from the start. An end appended to the old file in between is lost: its request
+then counts until `sent + 2 * period`, which errs on the safe side.
 """
 
 from __future__ import annotations
@@ -37,6 +43,9 @@ from hyperstudy_bulk.lock import exclusive
 
 LEDGER_DIR = ".hyperstudy"
 T = TypeVar("T")
+COMPACT_BYTES = 256 * 1024
+"""Log size from which it is rewritten, if less than half of it still counts (at the key's
+1000 requests an hour the lines that count stay under 100 KB)."""
 
 
 @dataclass
@@ -74,8 +83,10 @@ class RequestLedger:
         per_minute: int,
         time_scale: float = 1.0,
         clock: Callable[[], float] = time.time,
+        compact_bytes: int = COMPACT_BYTES,
     ) -> None:
         self.path = path
+        self._compact_bytes = compact_bytes
         self.per_hour, self.per_minute = per_hour, per_minute
         self.hour, self.minute = 3600.0 / time_scale, 60.0 / time_scale
         self._clock = clock
@@ -95,7 +106,7 @@ class RequestLedger:
         Requests admitted before are written to it now."""
         if self._fd is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+            self._reopen()
         with self._locked():
             self._read_new()
             if self._unwritten:
@@ -171,6 +182,8 @@ class RequestLedger:
             ticket = f"{self._prefix}{self._issued:x}"
             self._add(ticket, _Request(endpoint, now))
             self._append(f"c {ticket} {now:.3f} {endpoint}\n")
+            if attached and self._read_to >= self._compact_bytes:
+                self._compact()
             return ticket
 
     def ended(self, ticket: str) -> None:
@@ -178,7 +191,45 @@ class RequestLedger:
         request = self._requests.get(ticket)
         if request is not None:
             request.ended = now
+        if self._fd is not None:
+            self._follow_rename()  # an end belongs in the file that counts now
         self._append(f"d {ticket} {now:.3f}\n")
+
+    def _compact(self) -> None:
+        """Rewrite the log with only the requests that still count, if they are under half
+        of it (holding the lock, having just read it whole)."""
+        lines = []
+        for ticket in self._by_time:
+            request = self._requests[ticket]
+            lines.append(f"c {ticket} {request.sent:.3f} {request.endpoint}\n")
+            if request.ended is not None:
+                lines.append(f"d {ticket} {request.ended:.3f}\n")
+        kept = "".join(lines).encode()
+        if 2 * len(kept) > self._read_to:
+            return
+        fresh = self.path.with_name(f"{self.path.name}.{self._prefix}.tmp")
+        fresh.write_bytes(kept)
+        fresh.chmod(0o600)
+        os.replace(fresh, self.path)
+        self._reopen()
+        self._read_to = len(kept)
+
+    def _reopen(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        self._read_to, self._torn = 0, b""
+
+    def _follow_rename(self) -> None:
+        """Open the log at its path again if another process has rewritten it since."""
+        assert self._fd is not None
+        opened = os.fstat(self._fd)
+        try:
+            current = os.stat(self.path)
+        except FileNotFoundError:
+            current = None
+        if current is None or (current.st_dev, current.st_ino) != (opened.st_dev, opened.st_ino):
+            self._reopen()
 
     def _add(self, ticket: str, request: _Request) -> None:
         self._requests[ticket] = request
@@ -220,6 +271,7 @@ class RequestLedger:
 
     def _read_new(self) -> None:
         assert self._fd is not None, "open() the ledger first"
+        self._follow_rename()
         size = os.fstat(self._fd).st_size
         if size <= self._read_to:
             return
