@@ -216,6 +216,17 @@ def _varied(i: int) -> dict[str, Any]:
     return record
 
 
+def _flattened(i: int) -> dict[str, Any]:
+    """A record whose `metadata` and `sparseRatingData` the SDK flattens into columns, with keys
+    that come and go."""
+    metadata: dict[str, Any] | None = {"question": f"q{i % 3}", "index": i}
+    if i % 4 == 1:
+        metadata = None
+    elif i > 600:
+        metadata = {"extra": {"deep": [i]}, **(metadata or {})}
+    return {**_varied(i), "metadata": metadata, "sparseRatingData": {"videoId": "v", "t": i / 2}}
+
+
 @pytest.mark.parametrize(
     "records",
     [
@@ -227,6 +238,11 @@ def _varied(i: int) -> dict[str, Any]:
         pytest.param(
             [{**_varied(i), "tags": [i, "x", {"k": None}]} for i in range(2_000)],
             id="mixed-list",
+        ),
+        pytest.param([_flattened(i) for i in range(2_000)], id="flattened-fields"),
+        pytest.param(
+            [{**_flattened(i), "metadata_question": "own"} for i in range(2_000)],
+            id="flattened-field-clashes-with-a-key",
         ),
         pytest.param(
             [

@@ -29,22 +29,23 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import orjson
-import pandas as pd
 
-from hyperstudy_bulk.analysis.frames import (
+from hyperstudy_bulk.analysis.records import (
     TIMESTAMP_COLUMNS,
+    Record,
+    flatten,
     flatten_targets,
-    iter_frames,
-    sdk_frame,
 )
-from hyperstudy_bulk.analysis.records import Record
 from hyperstudy_bulk.archive import Archive, ArchiveError, block_lines, read_blocks, read_lines
 from hyperstudy_bulk.datatypes import DataType, Scope
 from hyperstudy_bulk.manifest import StreamEntry
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FORMATS = ("parquet", "csv")
 JSON_COLUMNS_KEY = b"hyperstudy_bulk.json_columns"
@@ -320,14 +321,17 @@ def _tables(
     schema unification makes their types agree."""
     streams = archive.streams(kind)
     first = _first_record(archive, streams)
-    if first is None or flatten_targets(first) or any(s.scope != Scope.EXPERIMENT for s in streams):
+    if first is None or any(s.scope != Scope.EXPERIMENT for s in streams):
+        from hyperstudy_bulk.analysis.frames import iter_frames
+
         frames = iter_frames(
             archive.folder, kind.folder, rows=batch_rows, allow_incomplete=allow_incomplete
         )
         for frame in frames:
             yield _to_arrow(pa, frame)
         return
-    columnar = _Columnar(pa)
+    targets = flatten_targets(first)
+    columnar = _Columnar(pa, targets)
     for stream in streams:
         for listed in archive.files(stream):
             for block in read_blocks(listed.path, chunk_bytes=block_bytes):
@@ -337,11 +341,21 @@ def _tables(
                     for start in range(0, table.num_rows, batch_rows):
                         yield table.slice(start, batch_rows), json_columns
                     continue
-                lines = block_lines(block)
-                for start in range(0, len(lines), batch_rows):
-                    frame = sdk_frame(list(map(orjson.loads, lines[start : start + batch_rows])))
-                    if len(frame.columns):
-                        yield _to_arrow(pa, frame)
+                yield from _exact_tables(pa, block_lines(block), targets, batch_rows)
+
+
+def _exact_tables(
+    pa: Any, lines: list[bytes], targets: tuple[str, ...], batch_rows: int
+) -> Iterator[tuple[Any, set[str]]]:
+    """The lines as the SDK's DataFrames, as Arrow tables. pandas is imported here, only when
+    needed: it is a third of export's start-up."""
+    from hyperstudy_bulk.analysis.frames import sdk_frame
+
+    for start in range(0, len(lines), batch_rows):
+        records = list(map(orjson.loads, lines[start : start + batch_rows]))
+        frame = sdk_frame(flatten(records, targets))
+        if len(frame.columns):
+            yield _to_arrow(pa, frame)
 
 
 def _first_record(archive: Archive, streams: list[StreamEntry]) -> Record | None:
@@ -367,8 +381,9 @@ class _Columnar:
     them (the reader refuses it) is read again with inference, so the types are the ones
     inference gives."""
 
-    def __init__(self, pa: Any) -> None:
+    def __init__(self, pa: Any, targets: tuple[str, ...]) -> None:
         self.pa = pa
+        self.targets = targets
         self.known: Any = None
         self.exact = False
 
@@ -376,7 +391,7 @@ class _Columnar:
         if self.exact:
             return None
         table = self._parsed(block)
-        converted = None if table is None else _load_columns(self.pa, table, block)
+        converted = None if table is None else _load_columns(self.pa, table, block, self.targets)
         self.exact = converted is None
         return converted
 
@@ -417,13 +432,16 @@ def _temporal(pa: Any, type_: Any) -> bool:
     return bool(pa.types.is_temporal(type_))
 
 
-def _load_columns(pa: Any, table: Any, block: bytes) -> tuple[Any, set[str]] | None:
+def _load_columns(
+    pa: Any, table: Any, block: bytes, targets: tuple[str, ...]
+) -> tuple[Any, set[str]] | None:
     """The reader's table as `load()`'s columns, with the names of those holding JSON text; or
     None when only the exact path can say what pandas would make of it.
 
     A column the reader typed as a struct or list held nothing but objects or lists (and
     nulls): pandas keeps those as Python objects, which export writes as JSON text, so their
-    values are taken from the decoded lines. Text the reader took for a time (pandas keeps it
+    values are taken from the decoded lines. `targets` are the fields flattened into
+    `<field>_<key>` columns (see `_flattened`). Text the reader took for a time (pandas keeps it
     as text) and a timestamp column that is not text go the exact way."""
     if "onset_sec" in table.column_names or not table.num_columns:
         return None
@@ -435,13 +453,34 @@ def _load_columns(pa: Any, table: Any, block: bytes) -> tuple[Any, set[str]] | N
         ):
             return None
     nested = tuple(f.name for f in table.schema if pa.types.is_nested(f.type))
+    values: dict[str, list[Any]] = {}
     if nested:
         rows = _fields_decoder(nested).decode_lines(block)
         if len(rows) != table.num_rows:
             return None
         for position, name in enumerate(nested):
-            values = _json_array(pa, list(map(operator.attrgetter(f"f{position}"), rows)))
-            table = table.set_column(table.column_names.index(name), name, values)
+            values[name] = list(map(operator.attrgetter(f"f{position}"), rows))
+    json_columns = set(nested)
+    flat: list[tuple[str, Any]] = []
+    if targets:
+        flattened = _flattened(pa, table, values, targets)
+        if flattened is None:
+            return None
+        flat, json_flat = flattened
+        json_columns |= json_flat
+    for name in nested:
+        index = table.column_names.index(name)
+        table = table.set_column(index, name, _json_array(pa, values[name]))
+    first = orjson.loads(block[: block.find(b"\n")] if b"\n" in block else block) if flat else {}
+    # pandas puts the flattened columns after the first record's keys, and later ones after them
+    keys_after_first = set(table.column_names) - set(first)
+    for name, array in flat:
+        table = table.append_column(name, array)
+    if flat and keys_after_first:
+        order = _pandas_order(block, targets)
+        if set(order) != set(table.column_names):
+            return None
+        table = table.select(order)
     for name in TIMESTAMP_COLUMNS:
         if name in table.column_names and pa.types.is_string(table.schema.field(name).type):
             index = table.column_names.index(name)
@@ -452,7 +491,63 @@ def _load_columns(pa: Any, table: Any, block: bytes) -> tuple[Any, set[str]] | N
             return None
         seconds = pa.compute.divide(pa.compute.cast(onset, pa.float64()), 1000.0)
         table = table.append_column("onset_sec", seconds)
-    return _nulls_typed(pa, table), set(nested)
+    return _nulls_typed(pa, table), json_columns
+
+
+def _pandas_order(block: bytes, targets: tuple[str, ...]) -> list[str]:
+    """The columns of the block's flattened records in pandas' order (first appearance)."""
+    order: dict[str, None] = {}
+    for line in block_lines(block):
+        record = orjson.loads(line)
+        order.update(dict.fromkeys(record))
+        for target in targets:
+            value = record.get(target)
+            if isinstance(value, dict):
+                order.update(dict.fromkeys(f"{target}_{key}" for key in value))
+    return list(order)
+
+
+def _flattened(
+    pa: Any, table: Any, values: dict[str, list[Any]], targets: tuple[str, ...]
+) -> tuple[list[tuple[str, Any]], set[str]] | None:
+    """The SDK's `<field>_<key>` columns of `targets` (frames.flatten), in the order pandas
+    gives them when no record has a top-level key the first lacks: after the record's own
+    keys, in order of first appearance. Their values are the reader's struct fields, or JSON
+    text of the decoded objects for a key holding objects or lists; None when one would clash
+    with a record's own key, or a value is text the reader took for a time."""
+    order: dict[str, tuple[str, str]] = {}
+    objects = [values.get(target, ()) for target in targets]
+    for row in zip(*objects, strict=True):
+        for target, value in zip(targets, row, strict=True):
+            if isinstance(value, dict):
+                for key in value:
+                    order.setdefault(f"{target}_{key}", (target, key))
+    if any(name in table.column_names for name in order):
+        return None
+    fields = {
+        target: dict(
+            zip(
+                [f.name for f in table.schema.field(target).type],
+                table[target].flatten(),
+                strict=True,
+            )
+        )
+        for target in targets
+        if target in values and pa.types.is_struct(table.schema.field(target).type)
+    }
+    flat, json_columns = [], set()
+    for name, (target, key) in order.items():
+        child = fields[target][key]
+        if _temporal(pa, child.type):
+            return None
+        if pa.types.is_nested(child.type):
+            objects_here = values[target]
+            child = _json_array(
+                pa, [v.get(key) if isinstance(v, dict) else None for v in objects_here]
+            )
+            json_columns.add(name)
+        flat.append((name, child))
+    return flat, json_columns
 
 
 @functools.lru_cache(maxsize=64)
@@ -474,6 +569,8 @@ def _times(pa: Any, text: Any) -> Any:
                 return pa.compute.cast(text, pa.timestamp("us", tz="UTC"))
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                 pass
+    import pandas as pd
+
     return pa.Array.from_pandas(pd.to_datetime(text.to_pandas(), errors="coerce"))
 
 

@@ -21,33 +21,18 @@ from typing import Any
 
 import pandas as pd
 
-from hyperstudy_bulk.analysis.records import Record, Selection, iter_records
+from hyperstudy_bulk.analysis.records import (
+    TIMESTAMP_COLUMNS,
+    Record,
+    Selection,
+    flatten,
+    flatten_targets,
+    iter_records,
+)
 from hyperstudy_bulk.archive import Archive, ArchiveError
 
-FLATTENED_FIELDS = ("sparseRatingData", "metadata")
-TIMESTAMP_COLUMNS = ("timestamp", "startTime", "endTime", "createdAt", "updatedAt")
 DERIVED = {"onset_sec": "onset"}
 """Columns the conversion computes, and the field each is computed from."""
-
-
-def flatten_targets(first: Record) -> tuple[str, ...]:
-    """The fields whose keys become columns: decided by the first record alone, as the SDK does."""
-    return tuple(name for name in FLATTENED_FIELDS if isinstance(first.get(name), dict))
-
-
-def flatten(records: list[Record], targets: tuple[str, ...]) -> list[Record]:
-    if not targets:
-        return records
-    out = []
-    for record in records:
-        copy = dict(record)
-        for name in targets:
-            nested = copy.get(name)
-            if isinstance(nested, dict):
-                for key, value in nested.items():
-                    copy[f"{name}_{key}"] = value
-        out.append(copy)
-    return out
 
 
 def sdk_frame(records: list[Record]) -> pd.DataFrame:

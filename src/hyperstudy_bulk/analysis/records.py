@@ -4,7 +4,8 @@ Experiment-scope streams are concatenated window by window: the API's order. Fin
 (one per room or participant) are each in time order, so a k-way merge on their time field
 gives the records in time order while holding one batch per stream. `rooms` and
 `participants` keep only those records; a stream of another room is not even opened.
-Pure Python on top of archive.py (no pandas), so export and report share it.
+Pure Python on top of archive.py (no pandas), so export and report share it; so are the SDK's
+flattening and its time columns, which export applies without pandas where it can.
 """
 
 from __future__ import annotations
@@ -24,6 +25,32 @@ Record = dict[str, Any]
 
 TIME_FIELDS = ("timestamp", "startTime", "joinedAt", "createdAt")
 """The field a data type's records are ordered by, the first one a record has."""
+
+
+FLATTENED_FIELDS = ("sparseRatingData", "metadata")
+"""Fields the SDK flattens into `<field>_<key>` columns (see frames.py)."""
+TIMESTAMP_COLUMNS = ("timestamp", "startTime", "endTime", "createdAt", "updatedAt")
+"""Columns the SDK parses as times."""
+
+
+def flatten_targets(first: Record) -> tuple[str, ...]:
+    """The fields whose keys become columns: decided by the first record alone, as the SDK does."""
+    return tuple(name for name in FLATTENED_FIELDS if isinstance(first.get(name), dict))
+
+
+def flatten(records: list[Record], targets: tuple[str, ...]) -> list[Record]:
+    if not targets:
+        return records
+    out = []
+    for record in records:
+        copy = dict(record)
+        for name in targets:
+            nested = copy.get(name)
+            if isinstance(nested, dict):
+                for key, value in nested.items():
+                    copy[f"{name}_{key}"] = value
+        out.append(copy)
+    return out
 
 
 @dataclass(frozen=True)
