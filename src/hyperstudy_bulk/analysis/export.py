@@ -23,11 +23,14 @@ import functools
 import json
 import operator
 import shutil
+import struct
 import tempfile
 import threading
+from array import array as typed_array
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -489,7 +492,7 @@ def _load_columns(
         onset = table["onset"]
         if not (pa.types.is_integer(onset.type) or pa.types.is_floating(onset.type)):
             return None
-        seconds = pa.compute.divide(pa.compute.cast(onset, pa.float64()), 1000.0)
+        seconds = pa.compute.divide(pa.compute.cast(onset, pa.float64()), _float(pa, 1000.0))
         table = table.append_column("onset_sec", seconds)
     return _nulls_typed(pa, table), json_columns
 
@@ -615,10 +618,25 @@ def _is_nan(value: object) -> bool:
 
 
 def _json_array(pa: Any, values: list[Any]) -> Any:
-    return pa.array(
-        [None if v is None or _is_nan(v) else orjson.dumps(v).decode() for v in values],
-        type=pa.string(),
+    """JSON text of each value (None and NaN: null), built from its buffers: `pa.array` of
+    Python values would make pyarrow import pandas (a third of a second), which the fast path
+    otherwise never needs."""
+    texts = [None if v is None or _is_nan(v) else orjson.dumps(v) for v in values]
+    offsets = typed_array("i", accumulate((0 if t is None else len(t) for t in texts), initial=0))
+    present = bytes(t is not None for t in texts)
+    valid = pa.Array.from_buffers(pa.uint8(), len(texts), [None, pa.py_buffer(present)])
+    return pa.StringArray.from_buffers(
+        len(texts),
+        pa.py_buffer(offsets),
+        pa.py_buffer(b"".join(t for t in texts if t is not None)),
+        valid.cast(pa.bool_()).buffers()[1],
+        texts.count(None),
     )
+
+
+def _float(pa: Any, value: float) -> Any:
+    """An Arrow scalar made without pyarrow's conversion of Python values (see `_json_array`)."""
+    return pa.Array.from_buffers(pa.float64(), 1, [None, pa.py_buffer(struct.pack("<d", value))])[0]
 
 
 def _unified(pa: Any, columns: _Columns) -> Any:
