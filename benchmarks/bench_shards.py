@@ -20,6 +20,7 @@ import argparse
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from _common import cli_command, print_block, read_stream_records, sim_env
@@ -30,8 +31,17 @@ TARGET_WALL, TARGET_REQUESTS = 1.25, 1.1
 PAGE_SIZE = 5
 
 
-def run_job(sim: ProcessHandle, out: Path, shards: int, scale: float) -> float:
-    """Wall seconds of the job as `shards` processes started at once (1: a plain download)."""
+@dataclass(frozen=True)
+class Timing:
+    wall: float
+    """Start to the last shard's end, merge included."""
+    ends: list[float]
+    """Seconds from the start at which each process ended, soonest first."""
+    merge: float
+
+
+def run_job(sim: ProcessHandle, out: Path, shards: int, scale: float) -> Timing:
+    """The job as `shards` processes started at once (1: a plain download)."""
     base = [
         "download",
         sim.experiment_ids[0],
@@ -50,12 +60,16 @@ def run_job(sim: ProcessHandle, out: Path, shards: int, scale: float) -> float:
         )
         for c in commands
     ]
-    for process in processes:
-        _, err = process.communicate()
-        if process.returncode != 0:
-            raise SystemExit(
-                f"{shards} shard(s): exit {process.returncode}\n{err.decode()[-2000:]}"
-            )
+    ends: list[float] = []
+    running = list(processes)
+    while running:  # each end as it happens (the tail shows balance; polling costs nothing)
+        for process in [p for p in running if p.poll() is not None]:
+            running.remove(process)
+            ends.append(time.perf_counter() - started)
+            if process.returncode != 0:
+                err = process.stderr.read().decode() if process.stderr else ""
+                raise SystemExit(f"{shards} shard(s): exit {process.returncode}\n{err[-2000:]}")
+        time.sleep(0.02)
     folder = out / sim.experiment_ids[0]
     if shards > 1:
         merge = subprocess.run(cli_command(["merge", str(folder)]), capture_output=True)
@@ -65,7 +79,7 @@ def run_job(sim: ProcessHandle, out: Path, shards: int, scale: float) -> float:
     verify = subprocess.run(cli_command(["verify", str(folder)]), capture_output=True)
     if verify.returncode != 0:
         raise SystemExit(f"{shards} shard(s): verify failed\n{verify.stdout.decode()[-2000:]}")
-    return seconds
+    return Timing(seconds, ends, seconds - ends[-1])
 
 
 def main() -> None:
@@ -90,7 +104,8 @@ def main() -> None:
         for shards in (1, 2, 4):
             sim.reset()
             out = Path(scratch) / f"shards-{shards}"
-            seconds = run_job(sim, out, shards, args.scale)
+            timing = run_job(sim, out, shards, args.scale)
+            seconds = timing.wall
             stats = sim.stats()
             sent, rejected = int(stats["total"]), int(stats["by_status"].get("429", 0))
             records = sorted(
@@ -108,6 +123,9 @@ def main() -> None:
                 (f"{label}: requests", f"{sent} = {sent / baseline[1]:.3f}x one process"),
                 (f"{label}: 429s", str(rejected)),
             ]
+            if shards > 1:
+                ends = ", ".join(f"{end:.1f}" for end in timing.ends)
+                rows.append((f"{label}: ended at (s)", f"{ends}; merge {timing.merge:.1f} s"))
     rows.append(("targets", f"wall <= {TARGET_WALL}x, requests <= {TARGET_REQUESTS}x, 429s = 0"))
     print_block(f"bench_shards (scale {args.scale:g}, sliding server windows)", rows)
 
