@@ -8,7 +8,9 @@ key's hour window and of its endpoint's minute window from `sent` until `ended +
 `budget.SlidingWindow`; one whose end was never logged (its process died with it in flight)
 holds it until `sent + 2 * period`, by when the server has surely stopped counting it.
 
-Admission takes the lock, reads what others appended since, and logs the request only if both
+Admission takes the lock (a blocking `flock` on a file beside the log, kept open: waiting
+is the kernel's, and an admission costs a few system calls rather than opening and writing a
+lock file each time), reads what others appended since, and logs the request only if both
 windows have room; otherwise it sleeps until the earliest permit can come back and tries
 again. Ends are appended without the lock (small O_APPEND writes), and a reader keeps a torn
 last line for its next read. Times are wall-clock seconds: processes on different nodes share
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import os
 import time
@@ -38,8 +41,7 @@ from typing import TypeVar
 
 from hyperstudy_bulk.budget import Budget
 from hyperstudy_bulk.config import Settings
-from hyperstudy_bulk.errors import BusyError, StorageError
-from hyperstudy_bulk.lock import exclusive
+from hyperstudy_bulk.errors import StorageError
 
 LEDGER_DIR = ".hyperstudy"
 T = TypeVar("T")
@@ -91,6 +93,7 @@ class RequestLedger:
         self.hour, self.minute = 3600.0 / time_scale, 60.0 / time_scale
         self._clock = clock
         self._fd: int | None = None
+        self._lock_fd: int | None = None
         self._read_to = 0
         self._torn = b""
         self._requests: dict[str, _Request] = {}
@@ -133,20 +136,22 @@ class RequestLedger:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        """The ledger's lock, waited for in place: its holders keep it for a few system calls."""
-        with contextlib.ExitStack() as held:
-            while True:
-                try:
-                    held.enter_context(exclusive(self.path.with_suffix(".lock"), what="the ledger"))
-                    break
-                except BusyError:
-                    time.sleep(0.0005)
+        """The ledger's lock, waited for in the kernel: its holders keep it for a few system
+        calls. Its file stays open with the ledger (no process ever removes it)."""
+        if self._lock_fd is None:
+            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+            self._lock_fd = os.open(self.path.with_suffix(".lock"), flags, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
             yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        for descriptor in (self._fd, self._lock_fd):
+            if descriptor is not None:
+                os.close(descriptor)
+        self._fd = self._lock_fd = None
 
     def detach(self, share: int) -> None:
         """Go on without the file (it cannot be locked): count only this process's own
