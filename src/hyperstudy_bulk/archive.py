@@ -106,15 +106,20 @@ def read_blocks(path: Path, *, chunk_bytes: int = 1 << 22) -> Iterator[bytes]:
     with path.open("rb") as stream:
         rest = b""
         while piece := stream.read(chunk_bytes):
-            data = rest + piece
-            cut = data.rfind(b"\n") + 1
-            rest = data[cut:]
-            if cut:
-                yield data[:cut]
+            cut = piece.rfind(b"\n") + 1
+            if not cut:
+                rest += piece
+                continue
+            block = rest + memoryview(piece)[:cut]  # one copy of the piece, as `rest + piece`
+            rest = piece[cut:]
+            yield block
         if rest.strip():
             yield rest
 
 
 def block_lines(block: bytes) -> list[bytes]:
-    """A block's non-empty lines, newlines stripped."""
-    return [line for line in block.split(b"\n") if line]
+    """A block's lines, newlines stripped."""
+    lines = block.split(b"\n")
+    if not lines[-1]:
+        lines.pop()
+    return lines
